@@ -1,0 +1,1 @@
+"""fedfusion models package."""

@@ -1,0 +1,1 @@
+"""fedfusion server package."""

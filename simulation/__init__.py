@@ -1,0 +1,1 @@
+"""fedfusion simulation package."""
