@@ -1,0 +1,257 @@
+"""Local training and evaluation as plain functions (no Flower here).
+
+A site calls :func:`train_local` with the global weights loaded into ``model`` and sends back
+the new weights; :func:`evaluate` returns exact metrics for the site's own report plus a
+:class:`~models.metrics.ScoreSummary` (histograms and counts) that is safe to share.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from models.losses import build_focal_loss
+from models.metrics import ScoreSummary, classification_metrics
+
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "EvalResult",
+    "train_local",
+    "evaluate",
+    "predict",
+    "learning_rate_at",
+]
+
+_log = logging.getLogger(__name__)
+
+# Called after each batch with (epoch index within this call, batches done, batches per epoch).
+ProgressFn = Callable[[int, int, int], None]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Local optimisation settings (defaults follow the MUF-Net study).
+
+    Args:
+        epochs: local epochs in this call. Default 1.
+        learning_rate: initial SGD learning rate. Default 0.05.
+        lr_step_epochs: the rate is multiplied by ``lr_gamma`` every this many epochs. Default 10.
+        lr_gamma: step factor. Default 0.5 (halved).
+        momentum: SGD momentum. Default 0.9.
+        weight_decay: L2 penalty. Default 1e-4.
+        focal_gamma: focal loss focusing parameter; 0 gives class-weighted cross-entropy.
+        start_epoch: epochs already trained before this call (in federation: rounds done x
+            local epochs), so the schedule continues across rounds.
+        grad_clip_norm: clip the global gradient norm to this value; None disables.
+    """
+
+    epochs: int = 1
+    learning_rate: float = 0.05
+    lr_step_epochs: int = 10
+    lr_gamma: float = 0.5
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    focal_gamma: float = 2.0
+    start_epoch: int = 0
+    grad_clip_norm: float | None = None
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.epochs < 1:
+            problems.append(f"epochs must be >= 1, got {self.epochs}")
+        if self.learning_rate <= 0:
+            problems.append(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.lr_step_epochs < 1:
+            problems.append(f"lr_step_epochs must be >= 1, got {self.lr_step_epochs}")
+        if not 0 < self.lr_gamma <= 1:
+            problems.append(f"lr_gamma must be in (0, 1], got {self.lr_gamma}")
+        if self.start_epoch < 0:
+            problems.append(f"start_epoch must be >= 0, got {self.start_epoch}")
+        if self.grad_clip_norm is not None and self.grad_clip_norm <= 0:
+            problems.append(f"grad_clip_norm must be > 0, got {self.grad_clip_norm}")
+        if problems:
+            raise ValueError("invalid TrainConfig: " + "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What one call of :func:`train_local` did."""
+
+    num_examples: int
+    num_steps: int
+    epoch_losses: tuple[float, ...]
+    learning_rates: tuple[float, ...]
+    seconds: float
+
+    @property
+    def mean_loss(self) -> float:
+        return float(np.mean(self.epoch_losses)) if self.epoch_losses else math.nan
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Metrics of one evaluation; ``summary`` is the shareable part."""
+
+    num_examples: int
+    loss: float
+    metrics: dict[str, float | list[float] | list[list[int]]]
+    summary: ScoreSummary
+    seconds: float
+
+
+def learning_rate_at(epoch: int, *, base: float, step_epochs: int, gamma: float) -> float:
+    """Step schedule: ``base * gamma ** (epoch // step_epochs)`` (epoch counted from 0)."""
+    return base * gamma ** (epoch // step_epochs)
+
+
+def _split_batch(batch: Sequence[torch.Tensor]) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    *inputs, target = batch
+    return tuple(inputs), target
+
+
+def train_local(
+    model: nn.Module,
+    loader: DataLoader,
+    *,
+    config: TrainConfig,
+    class_counts: Sequence[int],
+    device: str | torch.device = "cpu",
+    optimizer: torch.optim.Optimizer | None = None,
+    progress: ProgressFn | None = None,
+) -> TrainResult:
+    """Train ``model`` in place with SGD and the class-balanced focal loss.
+
+    Args:
+        model: takes one (B, C, H, W) tensor per modality, returns logits (B, K).
+        loader: yields flat tuples ``(x_1, ..., x_M, y)``.
+        config: optimisation settings.
+        class_counts: training rows per class, for the focal loss' balancing weights.
+        device: where to train. Default "cpu".
+        optimizer: a ready optimizer (e.g. Opacus' DPOptimizer); default SGD from ``config``.
+        progress: optional callback after each batch.
+    """
+    model.to(device).train()
+    criterion = build_focal_loss(gamma=config.focal_gamma, class_counts=list(class_counts))
+    criterion.to(device)
+    if optimizer is None:
+        optimizer = torch.optim.SGD(
+            model.parameters(),
+            lr=config.learning_rate,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+        )
+    started = time.perf_counter()
+    epoch_losses: list[float] = []
+    rates: list[float] = []
+    steps = 0
+    seen = 0
+    for local_epoch in range(config.epochs):
+        lr = learning_rate_at(
+            config.start_epoch + local_epoch,
+            base=config.learning_rate,
+            step_epochs=config.lr_step_epochs,
+            gamma=config.lr_gamma,
+        )
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        sampler = getattr(loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(config.start_epoch + local_epoch)
+        total, count = 0.0, 0
+        n_batches = len(loader)
+        for index, batch in enumerate(loader):
+            inputs, target = _split_batch(batch)
+            if target.numel() == 0:  # Opacus' Poisson sampling can draw an empty batch
+                continue
+            inputs = tuple(x.to(device) for x in inputs)
+            target = target.to(device)
+            optimizer.zero_grad(set_to_none=True)
+            loss = criterion(model(*inputs), target)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"training loss became {loss.item()} at epoch {local_epoch}, batch {index}; "
+                    "lower the learning rate"
+                )
+            loss.backward()
+            if config.grad_clip_norm is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip_norm)
+            optimizer.step()
+            total += loss.item() * target.shape[0]
+            count += target.shape[0]
+            steps += 1
+            if progress is not None:
+                progress(local_epoch, index + 1, n_batches)
+        seen += count
+        epoch_losses.append(total / max(count, 1))
+        rates.append(lr)
+        _log.debug("epoch %d: loss %.4f lr %.4g", config.start_epoch + local_epoch, epoch_losses[-1], lr)
+    return TrainResult(
+        num_examples=seen // max(config.epochs, 1),
+        num_steps=steps,
+        epoch_losses=tuple(epoch_losses),
+        learning_rates=tuple(rates),
+        seconds=time.perf_counter() - started,
+    )
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module, loader: DataLoader, *, device: str | torch.device = "cpu"
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Labels (N,), softmax probabilities (N, K) and the summed cross-entropy over ``loader``."""
+    was_training = model.training
+    model.to(device).eval()
+    labels: list[np.ndarray] = []
+    probs: list[np.ndarray] = []
+    loss_sum = 0.0
+    try:
+        for batch in loader:
+            inputs, target = _split_batch(batch)
+            logits = model(*(x.to(device) for x in inputs)).float()
+            target = target.to(device)
+            loss_sum += nn.functional.cross_entropy(logits, target, reduction="sum").item()
+            probs.append(torch.softmax(logits, dim=1).cpu().numpy())
+            labels.append(target.cpu().numpy())
+    finally:
+        model.train(was_training)
+    if not labels:
+        return np.zeros(0, dtype=np.int64), np.zeros((0, 0)), 0.0
+    return np.concatenate(labels).astype(np.int64), np.concatenate(probs), loss_sum
+
+
+def evaluate(
+    model: nn.Module,
+    loader: DataLoader,
+    *,
+    num_classes: int,
+    n_bins: int = 50,
+    device: str | torch.device = "cpu",
+) -> EvalResult:
+    """Evaluate on ``loader``: exact metrics plus the shareable :class:`ScoreSummary`.
+
+    ``loss`` is the mean cross-entropy (the focal loss is a training device only).
+    """
+    started = time.perf_counter()
+    labels, probs, loss_sum = predict(model, loader, device=device)
+    if labels.size == 0:
+        summary = ScoreSummary.empty(num_classes, n_bins)
+        return EvalResult(0, math.nan, {}, summary, time.perf_counter() - started)
+    summary = ScoreSummary.from_scores(labels, probs, n_bins=n_bins, loss_sum=loss_sum)
+    metrics = classification_metrics(labels, probs)
+    metrics["loss"] = loss_sum / labels.size
+    return EvalResult(
+        num_examples=int(labels.size),
+        loss=loss_sum / labels.size,
+        metrics=metrics,
+        summary=summary,
+        seconds=time.perf_counter() - started,
+    )

@@ -1,0 +1,164 @@
+"""Model registry: ``register_model``, ``create_model``, ``list_models``, ``is_model``.
+
+After ``timm.models._registry`` / ``_factory``: every model is a builder function decorated with
+:func:`register_model`; :func:`create_model` looks the name up (unknown names get "did you
+mean ...?") and calls the builder with keyword arguments.
+
+Builder contract (every registered model):
+
+* keyword-only arguments ``num_classes: int``, ``backbone: str``, ``in_chans: int = 3``,
+  ``dp_safe: bool = False``, ``pretrained_path: str | None = None``, ``drop_rate: float = 0.0``,
+  plus ``num_modalities: int`` where the model fuses several modalities, plus model-specific
+  options;
+* the returned ``nn.Module`` follows timm's interface: attributes ``num_classes``,
+  ``num_features`` and ``num_modalities``; ``forward(*xs)`` takes one ``(B, C, H, W)`` tensor per
+  modality and returns logits ``(B, num_classes)``; ``forward_features(*xs)`` returns
+  ``(B, num_features)``; ``forward_head(x, pre_logits=False)``; ``reset_classifier(num_classes)``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from models._options import look_up_option
+
+__all__ = [
+    "ModelConfigError",
+    "PretrainedWeightsError",
+    "register_model",
+    "create_model",
+    "list_models",
+    "is_model",
+    "model_entrypoint",
+]
+
+logger = logging.getLogger(__name__)
+
+ModelBuilder = Callable[..., nn.Module]
+
+_MODELS: dict[str, ModelBuilder] = {}
+
+# Modules whose import registers the built-in models. Imported on first lookup so that
+# ``from models._registry import create_model`` works without importing them by hand.
+_BUILTIN_MODEL_MODULES: tuple[str, ...] = ("models.mufnet",)
+_builtins_loaded = False
+
+
+class ModelConfigError(ValueError):
+    """A model or backbone option that cannot be honoured (bad value or combination)."""
+
+
+class PretrainedWeightsError(ModelConfigError):
+    """A pretrained weights file that is missing, unreadable or does not fit the backbone."""
+
+
+def register_model(fn: ModelBuilder) -> ModelBuilder:
+    """Decorator: register ``fn`` as a model builder under ``fn.__name__``.
+
+    Args:
+        fn: builder taking keyword-only options (see the module docstring) and returning an
+            ``nn.Module``.
+
+    Returns:
+        ``fn`` unchanged, so the builder can still be called directly.
+
+    Raises:
+        ValueError: another builder is already registered under the same name.
+    """
+    name = fn.__name__
+    existing = _MODELS.get(name)
+    if existing is not None and (existing.__module__, existing.__qualname__) != (
+        fn.__module__,
+        fn.__qualname__,
+    ):
+        raise ValueError(
+            f"model {name!r} is already registered by {existing.__module__}; "
+            "pick another builder name"
+        )
+    _MODELS[name] = fn
+    return fn
+
+
+def _load_builtin_models() -> None:
+    global _builtins_loaded
+    if _builtins_loaded:
+        return
+    _builtins_loaded = True
+    try:
+        for module in _BUILTIN_MODEL_MODULES:
+            importlib.import_module(module)
+    except Exception:
+        _builtins_loaded = False
+        raise
+
+
+def list_models() -> list[str]:
+    """Names of all registered models, sorted."""
+    _load_builtin_models()
+    return sorted(_MODELS)
+
+
+def is_model(name: str) -> bool:
+    """Whether ``name`` is a registered model."""
+    _load_builtin_models()
+    return name in _MODELS
+
+
+def model_entrypoint(name: str) -> ModelBuilder:
+    """The builder registered as ``name`` (raises with "did you mean" for unknown names)."""
+    _load_builtin_models()
+    return _MODELS[look_up_option("model", name, _MODELS)]
+
+
+def _option_problems(name: str, builder: ModelBuilder, kwargs: dict[str, Any]) -> list[str]:
+    params = inspect.signature(builder).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return []
+    accepted = [
+        p for p, spec in params.items() if spec.kind is not inspect.Parameter.VAR_POSITIONAL
+    ]
+    problems = []
+    for key in sorted(set(kwargs) - set(accepted)):
+        close = difflib.get_close_matches(key, accepted, n=3, cutoff=0.5)
+        hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+        problems.append(f"unknown option {key!r}{hint}")
+    required = [
+        p
+        for p, spec in params.items()
+        if spec.default is inspect.Parameter.empty
+        and spec.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ]
+    problems += [f"missing required option {p!r}" for p in required if p not in kwargs]
+    if problems:
+        problems.append(f"options of {name!r}: {', '.join(accepted)}")
+    return problems
+
+
+def create_model(name: str, **kwargs: Any) -> nn.Module:
+    """Build the registered model ``name``.
+
+    Args:
+        name: registry name, e.g. ``"mufnet"`` (see :func:`list_models`).
+        **kwargs: the builder's keyword-only options, e.g. ``num_classes=2,
+            backbone="efficientnet_b3"``.
+
+    Returns:
+        The model, in training mode.
+
+    Raises:
+        UnknownOptionError: ``name`` is not registered (the message suggests close names).
+        ModelConfigError: unknown or missing options (all listed at once), or bad values.
+    """
+    builder = model_entrypoint(name)
+    problems = _option_problems(name, builder, kwargs)
+    if problems:
+        raise ModelConfigError(f"cannot build model {name!r}: " + "; ".join(problems))
+    logger.debug("building model %s with %s", name, kwargs)
+    return builder(**kwargs)

@@ -1,0 +1,165 @@
+"""The run configuration: read once from Flower's run config into a typed, frozen object.
+
+Flower passes ``[tool.flwr.app.config]`` (plus ``--run-config`` overrides) as a flat dict of
+bool/int/float/str. Only :func:`RunConfig.from_mapping` reads that dict; everything else uses
+the typed fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from models.tasks import TaskSpec, get_task
+
+__all__ = ["RunConfig", "RunConfigError", "CLIENT_KEYS"]
+
+_log = logging.getLogger(__name__)
+
+
+class RunConfigError(ValueError):
+    """A run configuration value is missing, of the wrong type or out of range."""
+
+
+# Keys sent to every site with each train/evaluate message (the site reads them in client.app).
+CLIENT_KEYS = (
+    "task",
+    "backbone",
+    "image-size",
+    "local-epochs",
+    "batch-size",
+    "learning-rate",
+    "lr-step-epochs",
+    "lr-gamma",
+    "momentum",
+    "weight-decay",
+    "focal-gamma",
+    "class-balanced-sampling",
+    "seed",
+    "score-bins",
+    "eval-split",
+    "client-threads",
+)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Typed view of the run config (kebab-case keys map to snake_case fields)."""
+
+    task: str = "rcc-grading"
+    backbone: str = ""
+    image_size: int = 0
+    num_server_rounds: int = 3
+    local_epochs: int = 1
+    batch_size: int = 16
+    learning_rate: float = 0.05
+    lr_step_epochs: int = 10
+    lr_gamma: float = 0.5
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    focal_gamma: float = 2.0
+    class_balanced_sampling: bool = True
+    fraction_train: float = 1.0
+    min_train_nodes: int = 2
+    min_available_nodes: int = 2
+    round_timeout: float = 3600.0
+    seed: int = 0
+    score_bins: int = 50
+    eval_split: str = "test"
+    client_threads: int = 1
+    out_dir: str = ""
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, object]) -> RunConfig:
+        """Build from Flower's flat run config; unknown keys are ignored with a warning.
+
+        Raises:
+            RunConfigError: listing every bad value at once.
+        """
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        values: dict[str, object] = {}
+        problems: list[str] = []
+        for key, value in raw.items():
+            name = key.replace("-", "_")
+            if name not in fields:
+                if not key.startswith(("sim-", "num-workers")):
+                    _log.debug("run config key %r is not used by the server", key)
+                continue
+            default = fields[name].default
+            try:
+                values[name] = _coerce(value, type(default))
+            except (TypeError, ValueError):
+                problems.append(
+                    f"{key}: expected {type(default).__name__}, got {value!r}"
+                )
+        if problems:
+            raise RunConfigError("invalid run config: " + "; ".join(problems))
+        config = cls(**values)  # type: ignore[arg-type]
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Check ranges; raise one RunConfigError naming every bad value."""
+        checks = [
+            (self.num_server_rounds >= 1, f"num-server-rounds must be >= 1, got {self.num_server_rounds}"),
+            (self.local_epochs >= 1, f"local-epochs must be >= 1, got {self.local_epochs}"),
+            (self.batch_size >= 1, f"batch-size must be >= 1, got {self.batch_size}"),
+            (self.learning_rate > 0, f"learning-rate must be > 0, got {self.learning_rate}"),
+            (self.lr_step_epochs >= 1, f"lr-step-epochs must be >= 1, got {self.lr_step_epochs}"),
+            (0 < self.lr_gamma <= 1, f"lr-gamma must be in (0, 1], got {self.lr_gamma}"),
+            (0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}"),
+            (self.weight_decay >= 0, f"weight-decay must be >= 0, got {self.weight_decay}"),
+            (self.focal_gamma == 0 or self.focal_gamma >= 1, f"focal-gamma must be 0 or >= 1 (0 < gamma < 1 has unbounded gradients), got {self.focal_gamma}"),
+            (0 < self.fraction_train <= 1, f"fraction-train must be in (0, 1], got {self.fraction_train}"),
+            (self.min_train_nodes >= 1, f"min-train-nodes must be >= 1, got {self.min_train_nodes}"),
+            (self.min_available_nodes >= 1, f"min-available-nodes must be >= 1, got {self.min_available_nodes}"),
+            (self.round_timeout > 0, f"round-timeout must be > 0, got {self.round_timeout}"),
+            (2 <= self.score_bins <= 1000, f"score-bins must be in [2, 1000], got {self.score_bins}"),
+            (self.eval_split in ("val", "test"), f"eval-split must be 'val' or 'test', got {self.eval_split!r}"),
+            (self.client_threads >= 1, f"client-threads must be >= 1, got {self.client_threads}"),
+            (self.image_size == 0 or self.image_size >= 16, f"image-size must be 0 (task default) or >= 16, got {self.image_size}"),
+        ]
+        problems = [message for ok, message in checks if not ok]
+        try:
+            get_task(self.task)
+        except ValueError as err:
+            problems.append(str(err))
+        if problems:
+            raise RunConfigError("invalid run config: " + "; ".join(problems))
+
+    def task_spec(self) -> TaskSpec:
+        """The task preset with this run's backbone / image-size overrides applied."""
+        return get_task(self.task).replace(backbone=self.backbone, image_size=self.image_size)
+
+    def client_config(self) -> dict[str, bool | int | float | str]:
+        """The settings every site receives with each message (Flower ConfigRecord values)."""
+        out: dict[str, bool | int | float | str] = {}
+        for key in CLIENT_KEYS:
+            out[key] = getattr(self, key.replace("-", "_"))
+        return out
+
+    def to_dict(self) -> dict[str, object]:
+        return {f.name.replace("_", "-"): getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+def _coerce(value: object, kind: type) -> object:
+    """Convert a run-config value to the field's type (ints are accepted for floats)."""
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise ValueError(value)
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise TypeError(value)
+        return int(value)
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise TypeError(value)
+        return float(value)
+    if kind is str:
+        return str(value)
+    raise TypeError(kind)

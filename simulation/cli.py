@@ -1,0 +1,194 @@
+"""The ``fedfusion`` command: subcommands grouped by the package they drive.
+
+- ``fedfusion simulate SCENARIO ...``  (simulation)
+- ``fedfusion site check ...``         (client)
+- ``fedfusion list``                   (tasks, models, scenarios)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+__all__ = ["main", "build_parser"]
+
+_console = Console(width=max(Console().width, 120))
+
+
+def _parse_overrides(pairs: Sequence[str]) -> dict[str, object]:
+    """``key=value`` pairs (as for ``flwr run --run-config``) with int/float/bool values."""
+    out: dict[str, object] = {}
+    for pair in pairs:
+        for item in shlex.split(pair):
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise SystemExit(f"--run-config expects key=value, got {item!r}")
+            out[key.strip()] = _parse_value(value.strip())
+    return out
+
+
+def _parse_value(text: str) -> object:
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text.strip('"')
+
+
+def _add_simulate(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "simulate",
+        help="run a simulated multi-center experiment",
+        description="Run a scenario through Flower's simulation engine and write results.json, "
+        "report.md and plots.",
+    )
+    p.add_argument("scenario", help="a bundled scenario name (see `fedfusion list`) or a .toml path")
+    p.add_argument("--rounds", type=int, help="server rounds (default: the scenario's)")
+    p.add_argument("--methods", default="fedavg", help="comma-separated methods (default: fedavg)")
+    p.add_argument("--seed", type=int, default=0, help="seed for data, splits and models (default 0)")
+    p.add_argument("--out", type=Path, default=Path("out"), help="output folder (default ./out)")
+    p.add_argument("--manifest", type=Path, help="use this manifest (with a site column) instead of generated data")
+    p.add_argument("--backbone", help="timm backbone (e.g. efficientnet_b3 for the study's size)")
+    p.add_argument("--image-size", type=int, help="input size in pixels")
+    p.add_argument("--local-epochs", type=int, help="local epochs per round")
+    p.add_argument("--run-config", action="append", default=[], metavar="'k=v ...'",
+                   help="further run-config overrides, as for `flwr run --run-config`")
+    p.add_argument("--cpus", type=int, help="CPUs for the simulation (default: all)")
+    p.add_argument("--ray-address", help="join an existing Ray cluster")
+    p.add_argument("--verbose", action="store_true", help="show Flower and Ray logs")
+    p.set_defaults(handler=_run_simulate)
+
+
+def _run_simulate(args: argparse.Namespace) -> int:
+    from simulation.report import TABLE_METRICS, metric_table_rows, write_report
+    from simulation.runner import SimulationOptions, simulate
+    from simulation.scenario import load_scenario
+
+    scenario = load_scenario(args.scenario)
+    overrides = _parse_overrides(args.run_config)
+    for key, value in (("backbone", args.backbone), ("image-size", args.image_size),
+                       ("local-epochs", args.local_epochs)):
+        if value is not None:
+            overrides[key] = value
+    options = SimulationOptions(
+        out_dir=args.out,
+        methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
+        rounds=args.rounds,
+        seed=args.seed,
+        manifest=args.manifest,
+        overrides=overrides,
+        cpus=args.cpus,
+        ray_address=args.ray_address,
+        verbose=args.verbose,
+    )
+    planned = args.rounds or int(scenario.run.get("num-server-rounds", 3))
+    _console.print(f"[bold]fedfusion simulate[/] {scenario.name}: {scenario.description}")
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} rounds"),
+        TimeElapsedColumn(), console=_console, transient=False,
+    ) as progress:
+        bars: dict[str, int] = {}
+
+        def on_round(method: str, record) -> None:  # type: ignore[no-untyped-def]
+            if method not in bars:
+                bars[method] = progress.add_task(method, total=planned)
+            auc = record.global_metrics.get("auc")
+            note = f"{method}: round {record.round} global AUC {auc:.3f}" if isinstance(auc, float) else method
+            progress.update(bars[method], completed=record.round, description=note)
+
+        results = simulate(scenario, options, on_round_end=on_round)
+
+    report = write_report(results, args.out, command=args.command_line)
+    for run in results["runs"]:
+        table = Table(title=f"{run['method']}: final model, test rows of each site")
+        for column in ("scope", "n", "AUC (95% CI)", *TABLE_METRICS):
+            table.add_column(column, no_wrap=True)
+        for row in metric_table_rows(run):
+            table.add_row(*row)
+        _console.print(table)
+        aucs = [r["global"].get("auc") for r in run["rounds"]]
+        _console.print("global AUC by round: " + ", ".join("n/a" if a is None else f"{a:.3f}" for a in aucs))
+    _console.print(f"results: {args.out / 'results.json'}")
+    _console.print(f"report:  {report}")
+    return 0
+
+
+def _add_list(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("list", help="list task presets, models and scenarios")
+    p.set_defaults(handler=_run_list)
+
+
+def _run_list(args: argparse.Namespace) -> int:
+    from models import list_models
+    from models.tasks import get_task, list_tasks
+    from simulation.scenario import list_scenarios, load_scenario
+
+    table = Table(title="task presets")
+    for column in ("task", "model", "modalities", "classes", "backbone @ size"):
+        table.add_column(column)
+    for name in list_tasks():
+        t = get_task(name)
+        table.add_row(name, t.model, ", ".join(t.modalities), ", ".join(t.classes),
+                      f"{t.backbone} @ {t.image_size}")
+    _console.print(table)
+    _console.print("models: " + ", ".join(list_models()))
+    for name in list_scenarios():
+        _console.print(f"scenario {name}: {load_scenario(name).description}")
+    return 0
+
+
+def _quiet_flower(*, verbose: bool) -> None:
+    """Flower logs every round at INFO on its own handler; keep the console for our summary."""
+    from flwr.supercore.logger import update_console_handler
+
+    update_console_handler(level=logging.INFO if verbose else logging.WARNING)
+    logging.getLogger("flwr").propagate = False  # it has its own handler: avoid duplicates
+    logging.getLogger("ray").setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from client.cli import register as register_site
+
+    parser = argparse.ArgumentParser(
+        prog="fedfusion",
+        description="Federated learning of multimodal medical-imaging models across hospitals.",
+    )
+    parser.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    _add_simulate(subparsers)
+    register_site(subparsers)
+    _add_list(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.command_line = "fedfusion " + shlex.join(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(message)s",
+        handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
+    )
+    _quiet_flower(verbose=bool(getattr(args, "verbose", False)))
+    try:
+        return int(args.handler(args) or 0)
+    except ValueError as err:  # the project's validation errors all derive from ValueError
+        _console.print(f"[red]error:[/] {err}")
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

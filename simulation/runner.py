@@ -1,0 +1,230 @@
+"""Run a scenario through Flower's simulation engine with the real ServerApp/ClientApp code.
+
+Simulation only swaps the runtime and where site data comes from: the runner wraps the
+ClientApp so that each simulated node sees the node config a real site would pass
+(``data-path``, ``site-id``), and wraps the ServerApp so that it sees the run config that
+``flwr run --run-config`` would pass. Everything else is the deployment code path.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+
+from client import app as client_app_module
+from models._options import look_up_option
+from server.app import FederationResult, run_federation
+from server.config import RunConfig
+from simulation.results_schema import validate_results
+from simulation.scenario import Scenario
+from simulation.synthetic import generate_dual_center
+from strategies.history import RoundRecord, json_safe
+
+__all__ = ["SimulationOptions", "simulate", "METHODS", "prepare_data"]
+
+_log = logging.getLogger(__name__)
+
+# Methods this runner can execute (more arrive with the experiment runner).
+METHODS = ("fedavg",)
+
+_GENERATORS: dict[str, Callable[..., Path]] = {"dual-center": generate_dual_center}
+
+
+@dataclass(frozen=True)
+class SimulationOptions:
+    """Command-line level choices for one simulation.
+
+    Args:
+        out_dir: where data (when generated), results.json, report.md and plots go.
+        methods: training methods to run. Default ("fedavg",).
+        rounds: server rounds (overrides the scenario); None keeps the scenario's.
+        seed: seeds data generation, splits, model init and sampling. Default 0.
+        manifest: a user's manifest with a ``site`` column instead of generated data.
+        overrides: further run-config overrides (kebab-case keys).
+        cpus: CPUs Ray may use; default all of this machine's.
+        cpus_per_site: CPUs reserved per simulated site (bounds parallel sites). Default 1.
+        ray_address: an existing Ray cluster to join instead of starting one.
+    """
+
+    out_dir: Path
+    methods: tuple[str, ...] = ("fedavg",)
+    rounds: int | None = None
+    seed: int = 0
+    manifest: Path | None = None
+    overrides: Mapping[str, Any] | None = None
+    cpus: int | None = None
+    cpus_per_site: float = 1.0
+    ray_address: str | None = None
+    verbose: bool = False
+
+
+def prepare_data(scenario: Scenario, out_dir: Path, *, seed: int) -> Path:
+    """Generate the scenario's synthetic site data (PNG + manifest) and return the manifest."""
+    options = {k.replace("-", "_"): v for k, v in scenario.data.items()}
+    generator_name = str(options.pop("generator", ""))
+    if not generator_name:
+        raise ValueError(
+            f"scenario {scenario.name!r} has no [data] generator; pass --manifest CSV"
+        )
+    generator = _GENERATORS[look_up_option("data generator", generator_name, _GENERATORS)]
+    if "sites" in options:
+        options["patients_per_site"] = tuple(dict(options.pop("sites")).items())
+    if "images_per_patient" in options:
+        options["images_per_patient"] = tuple(options["images_per_patient"])
+    return generator(out_dir, seed=seed, **options)
+
+
+def _sites_of(manifest: Path) -> list[str]:
+    frame = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    if "site" not in frame.columns:
+        raise ValueError(
+            f"{manifest}: a simulation needs a 'site' column to know which rows belong to "
+            "which simulated hospital"
+        )
+    sites = sorted(s for s in set(frame["site"].str.strip()) if s)
+    if len(sites) < 2:
+        raise ValueError(f"{manifest}: a federation needs at least 2 sites, found {sites}")
+    return sites
+
+
+def _simulated_client(manifest: Path, sites: Sequence[str]) -> ClientApp:
+    """The real ClientApp functions, given the node config a real site would pass."""
+    app = ClientApp()
+    site_list = list(sites)
+    data_path = str(manifest)
+
+    def _as_site(context: Context) -> Context:
+        partition = int(context.node_config["partition-id"])
+        context.node_config["data-path"] = data_path
+        context.node_config["site-id"] = site_list[partition]
+        return context
+
+    @app.train()
+    def _train(msg: Message, context: Context) -> Message:
+        return client_app_module.train(msg, _as_site(context))
+
+    @app.evaluate()
+    def _evaluate(msg: Message, context: Context) -> Message:
+        return client_app_module.evaluate(msg, _as_site(context))
+
+    return app
+
+
+def _run_fedavg(
+    run_config: dict[str, Any],
+    manifest: Path,
+    sites: Sequence[str],
+    options: SimulationOptions,
+    on_round_end: Callable[[RoundRecord], None],
+) -> FederationResult:
+    from flwr.simulation import run_simulation  # heavy import (Ray)
+
+    outcome: dict[str, FederationResult] = {}
+    server_app = ServerApp()
+
+    @server_app.main()
+    def _main(grid: Grid, context: Context) -> None:
+        outcome["result"] = run_federation(grid, run_config, on_round_end=on_round_end)
+
+    init_args: dict[str, Any] = {"include_dashboard": False}
+    if options.ray_address:
+        init_args["address"] = options.ray_address
+    else:
+        init_args["num_cpus"] = options.cpus or os.cpu_count() or 1
+    if not options.verbose:
+        init_args["log_to_driver"] = False
+        init_args["logging_level"] = logging.ERROR
+    run_simulation(
+        server_app=server_app,
+        client_app=_simulated_client(manifest, sites),
+        num_supernodes=len(sites),
+        backend_config={
+            "client_resources": {"num_cpus": options.cpus_per_site, "num_gpus": 0.0},
+            "init_args": init_args,
+        },
+        verbose_logging=options.verbose,
+    )
+    if "result" not in outcome:
+        raise RuntimeError("the simulated federation ended without a result; rerun with --verbose")
+    return outcome["result"]
+
+
+def simulate(
+    scenario: Scenario,
+    options: SimulationOptions,
+    *,
+    on_round_end: Callable[[str, RoundRecord], None] | None = None,
+) -> dict[str, Any]:
+    """Run every requested method and write ``results.json``; returns the results dict."""
+    methods = tuple(look_up_option("method", m, METHODS) for m in options.methods)
+    out_dir = options.out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = options.manifest or prepare_data(scenario, out_dir / "data", seed=options.seed)
+    sites = _sites_of(manifest)
+    run_config: dict[str, Any] = {**scenario.run, "task": scenario.task, "seed": options.seed}
+    run_config.update(options.overrides or {})
+    if options.rounds is not None:
+        run_config["num-server-rounds"] = options.rounds
+    run_config.setdefault("min-train-nodes", len(sites))
+    run_config.setdefault("min-available-nodes", len(sites))
+    config = RunConfig.from_mapping(run_config)  # fail before starting Ray
+    task = config.task_spec()
+
+    runs = []
+    for method in methods:
+        method_config = {**run_config, "out-dir": str(out_dir / method)}
+        started = time.perf_counter()
+
+        def _round_done(record: RoundRecord, _method: str = method) -> None:
+            if on_round_end is not None:
+                on_round_end(_method, record)
+
+        outcome = _run_fedavg(method_config, manifest, sites, options, _round_done)
+        runs.append(_run_entry(method, outcome, time.perf_counter() - started))
+
+    results = {
+        "scenario": scenario.name,
+        "task": task.to_dict(),
+        "seed": options.seed,
+        "sites": sites,
+        "manifest": str(manifest),
+        "config": config.to_dict(),
+        "environment": {
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            "cpus": os.cpu_count(),
+        },
+        "runs": runs,
+    }
+    results = json_safe(results)
+    validate_results(results)
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
+def _run_entry(method: str, outcome: FederationResult, wall_seconds: float) -> dict[str, Any]:
+    rounds = [r.to_results() for r in outcome.history.rounds]
+    last = outcome.history.last
+    final = {
+        "global": json_safe(last.global_metrics) if last else {},
+        "sites": json_safe(last.sites) if last else {},
+        "summary": last.global_summary if last else {},
+    }
+    return {
+        "method": method,
+        "rounds": rounds,
+        "final": final,
+        "wall_seconds": wall_seconds,
+    }

@@ -1,0 +1,135 @@
+"""Every reply a ClientApp sends holds only model arrays, scalar metrics and aggregate counts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from client import app as client_app
+from models import create_model_for_task, get_task
+from server.config import RunConfig
+from simulation.synthetic import generate_dual_center
+
+IMAGE_SIZE = 32
+BINS = 10
+ALLOWED_LISTS = {"summary-shape", "summary-hist", "summary-confusion"}
+
+
+@pytest.fixture(scope="module")
+def site_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("audit")
+    return generate_dual_center(
+        root, patients_per_site=(("a", 8), ("b", 6)), images_per_patient=(1, 2),
+        image_size=IMAGE_SIZE, high_grade_fraction=0.4, seed=1,
+    )
+
+
+@pytest.fixture(autouse=True)
+def _task_identity():
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 1
+    yield
+
+
+def _config() -> ConfigRecord:
+    config = RunConfig.from_mapping(
+        {"backbone": "test_efficientnet", "image-size": IMAGE_SIZE, "batch-size": 4,
+         "score-bins": BINS, "learning-rate": 0.01}
+    ).client_config()
+    return ConfigRecord({**config, "server-round": 1})
+
+
+def _message(kind: str, arrays: ArrayRecord) -> Message:
+    msg = Message(
+        content=RecordDict({"arrays": arrays, "config": _config()}),
+        dst_node_id=7,
+        message_type=kind,
+    )
+    msg.metadata.__dict__["_message_id"] = "m-1"
+    return msg
+
+
+def _context(manifest: Path) -> Context:
+    return Context(
+        run_id=1, node_id=7, node_config={"data-path": str(manifest), "site-id": "a"},
+        state=RecordDict(), run_config={},
+    )
+
+
+def _global_arrays() -> tuple[ArrayRecord, dict[str, torch.Tensor]]:
+    task = get_task("rcc-grading").replace(backbone="test_efficientnet", image_size=IMAGE_SIZE)
+    state = create_model_for_task(task).state_dict()
+    return ArrayRecord(state), state
+
+
+def _all_strings(content: RecordDict) -> list[str]:
+    out = []
+    for record in content.config_records.values():
+        out += [str(k) for k in record] + [str(v) for v in record.values()]
+    for record in content.metric_records.values():
+        out += [str(k) for k in record]
+    return out
+
+
+def _patient_ids(manifest: Path) -> set[str]:
+    return set(pd.read_csv(manifest, dtype=str)["patient_id"])
+
+
+def _check_metric_records(content: RecordDict, max_list: int) -> None:
+    (metrics,) = content.metric_records.values()
+    for key, value in metrics.items():
+        if isinstance(value, list):
+            assert key in ALLOWED_LISTS, f"unexpected list metric {key}"
+            assert len(value) <= max_list
+            assert all(isinstance(v, int) and v >= 0 for v in value)
+        else:
+            assert isinstance(value, int | float), key
+    for record in content.config_records.values():
+        assert set(record) == {"site-id"}
+
+
+def test_train_reply_holds_only_model_arrays_and_scalars(site_manifest: Path) -> None:
+    arrays, state = _global_arrays()
+    reply = client_app.train(_message(MessageType.TRAIN, arrays), _context(site_manifest))
+    assert not reply.has_error(), reply.error
+    content = reply.content
+    (sent,) = content.array_records.values()
+    assert set(sent) == set(state)
+    for key, array in sent.items():
+        assert tuple(array.shape) == tuple(state[key].shape), key
+        assert not (len(array.shape) >= 2 and array.shape[-2:] == (IMAGE_SIZE, IMAGE_SIZE)), key
+    (metrics,) = content.metric_records.values()
+    assert metrics["num-examples"] > 0
+    _check_metric_records(content, max_list=0)
+    assert not _patient_ids(site_manifest) & set(_all_strings(content))
+    assert any(not torch.equal(sent.to_torch_state_dict()[k], state[k]) for k in state)
+
+
+def test_evaluate_reply_holds_only_counts(site_manifest: Path) -> None:
+    arrays, _ = _global_arrays()
+    reply = client_app.evaluate(_message(MessageType.EVALUATE, arrays), _context(site_manifest))
+    assert not reply.has_error(), reply.error
+    content = reply.content
+    assert not content.array_records
+    _check_metric_records(content, max_list=2 * 2 * BINS)
+    (metrics,) = content.metric_records.values()
+    hist = np.asarray(metrics["summary-hist"]).reshape(2, 2, BINS)
+    # every test row is counted once per scored class, and nothing else is sent
+    assert hist.sum() == 2 * metrics["summary-n"] == 2 * metrics["num-examples"]
+    assert not _patient_ids(site_manifest) & set(_all_strings(content))
+
+
+def test_broken_site_replies_with_an_error_instead_of_crashing(tmp_path: Path) -> None:
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("patient_id,label,bmode,ceus\nP1,low,missing.png,missing2.png\n")
+    arrays, _ = _global_arrays()
+    context = _context(manifest)
+    context.node_config["site-id"] = ""
+    reply = client_app.train(_message(MessageType.TRAIN, arrays), context)
+    assert reply.has_error()
+    assert "missing.png" in reply.error.reason and "row 2" in reply.error.reason
