@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: install
-	$(VENV)/bin/fedfusion simulate dual-center --demo --out $(DEMO_OUT)
+	$(VENV)/bin/fedfusion simulate dual-center --out $(DEMO_OUT)
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
