@@ -10,22 +10,40 @@ What a reply carries (checked by tests/client/test_message_audit.py):
 from __future__ import annotations
 
 import logging
+import math
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.mod import fixedclipping_mod
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from client.manifest import ManifestError
+from client.privacy import BudgetExhausted, PrivacyConfigError, PrivacyLedger
 from client.site import RoundSettings, SiteConfigError, SiteSettings, get_session
 
-__all__ = ["app", "SITE_DATA_ERROR"]
+__all__ = ["app", "TRAIN_MODS", "SITE_DATA_ERROR", "PRIVACY_BUDGET_EXHAUSTED"]
 
 _log = logging.getLogger(__name__)
 
-# Error code for a site that cannot take part (bad manifest or node config); Flower's own
-# codes are small integers, so ours start at 100.
-SITE_DATA_ERROR = 100
+# Error codes for a site that cannot take part; Flower's own codes are small integers.
+SITE_DATA_ERROR = 100  # bad manifest or node config
+PRIVACY_BUDGET_EXHAUSTED = 101  # the next round would overspend the site's DP budget
+_LEDGER_KEY = "dp-ledger"
+_DP_KEYS = (
+    "dp-epsilon-spent", "dp-epsilon-budget", "dp-delta", "dp-noise-multiplier", "dp-max-grad-norm"
+)  # context.state record: the site's DP-SGD history for this run
 
 app = ClientApp()
+
+
+def central_dp_clipping_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Flower's ``fixedclipping_mod`` when the server runs central DP, else a pass-through
+    (the plain mod refuses messages without a clipping norm)."""
+    config = msg.content.config_records.get("config", {})
+    if KEY_CLIPPING_NORM in config:
+        return fixedclipping_mod(msg, context, call_next)
+    return call_next(msg, context)
 
 
 def _site_record(site_id: str) -> ConfigRecord:
@@ -33,29 +51,53 @@ def _site_record(site_id: str) -> ConfigRecord:
 
 
 def _refuse(msg: Message, context: Context, err: Exception) -> Message:
+    if isinstance(err, BudgetExhausted):
+        _log.warning("%s", err)
+        return Message(Error(code=PRIVACY_BUDGET_EXHAUSTED, reason=str(err)), reply_to=msg)
     site = str(context.node_config.get("site-id") or context.node_config.get("data-path") or "?")
     reason = f"site {site} cannot take part: {err}"
     _log.error("%s", reason)
     return Message(Error(code=SITE_DATA_ERROR, reason=reason), reply_to=msg)
 
 
-@app.train()
+# Mods of the train function; a wrapper ClientApp (simulation) must register the same ones.
+TRAIN_MODS = [central_dp_clipping_mod]
+
+
+@app.train(mods=TRAIN_MODS)
 def train(msg: Message, context: Context) -> Message:
     """Load the global weights, train locally, reply with the new weights."""
     try:
         settings = SiteSettings.from_node_config(context.node_config)
         rounds = RoundSettings.from_config(msg.content["config"])
         session = get_session(settings, rounds)
-    except (ManifestError, SiteConfigError) as err:
+        budget = session.privacy_budget(rounds)
+        session.load_global(msg.content["arrays"].to_torch_state_dict())
+        # Every site sends the same keys (Flower's FedAvg requires it); NaN = no DP here.
+        values: dict[str, int | float] = dict.fromkeys(_DP_KEYS, math.nan)
+        if budget is None:
+            result = session.train(rounds)
+        else:
+            ledger = PrivacyLedger.from_record(context.state.config_records.get(_LEDGER_KEY))
+            result, report, ledger = session.train_private(rounds, budget, ledger)
+            context.state[_LEDGER_KEY] = ConfigRecord(ledger.to_record())
+            values = {
+                "dp-epsilon-spent": report.epsilon_spent,
+                "dp-epsilon-budget": report.epsilon_budget,
+                "dp-delta": report.delta,
+                "dp-noise-multiplier": report.noise_multiplier,
+                "dp-max-grad-norm": report.max_grad_norm,
+            }
+    except (ManifestError, SiteConfigError, PrivacyConfigError, BudgetExhausted) as err:
         return _refuse(msg, context, err)
-    session.load_global(msg.content["arrays"].to_torch_state_dict())
-    result = session.train(rounds)
     metrics = MetricRecord(
         {
             "num-examples": result.num_examples,
             "train-loss": result.mean_loss,
             "train-seconds": result.seconds,
             "train-steps": result.num_steps,
+            "unit-weight": 1,  # lets the server average uniformly (central DP)
+            **values,
         }
     )
     content = RecordDict(
@@ -75,7 +117,7 @@ def evaluate(msg: Message, context: Context) -> Message:
         settings = SiteSettings.from_node_config(context.node_config)
         rounds = RoundSettings.from_config(msg.content["config"])
         session = get_session(settings, rounds)
-    except (ManifestError, SiteConfigError) as err:
+    except (ManifestError, SiteConfigError, PrivacyConfigError) as err:
         return _refuse(msg, context, err)
     session.load_global(msg.content["arrays"].to_torch_state_dict())
     result = session.evaluate(rounds)

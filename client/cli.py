@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from client.deploy_cli import add_site_commands
 from client.manifest import Manifest, ManifestError, load_manifest
 from models.tasks import get_task, list_tasks
 
@@ -35,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """
     site = subparsers.add_parser(
         "site",
-        help="site-side commands: check a manifest before joining a run",
+        help="site-side commands: check a manifest, create keys, join a federation",
         description="Commands a hospital runs on its own machine.",
     )
     commands = site.add_subparsers(dest="site_command", metavar="COMMAND", required=True)
@@ -64,6 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--seed", type=int, default=0, help="seed of the automatic split (the run's seed)"
     )
     check.set_defaults(func=run_check, handler=run_check)
+    add_site_commands(commands)  # `site keys`, `site run` (client/deploy_cli.py)
     return site
 
 

@@ -1,8 +1,10 @@
 """Torch dataset and loaders over a checked manifest.
 
 Items are FLAT tuples ``(x_1, ..., x_M, y)``: one float32 ``(in_chans, S, S)`` image per task
-modality in task order, then the label as an int64 scalar tensor. Flat tuples of tensors are
-what Opacus' ``DPDataLoader`` collates without help.
+modality in task order, then the label as an int64 scalar tensor. A task with clinical
+features adds their float32 ``(F,)`` vector after the images: ``(x_1, ..., x_M, f, y)``
+(``(f, y)`` for a clinical-only task); see :mod:`client.features` for how it is made. Flat
+tuples of tensors are what Opacus' ``DPDataLoader`` collates without help.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
+from client.features import FeatureTransform, site_feature_transform
 from client.manifest import Manifest
 from client.sampler import ClassBalancedSampler
 from client.transforms import eval_transforms, load_image, train_transforms
@@ -37,6 +40,8 @@ class ManifestDataset(Dataset):
         cache_decoded: keep each decoded, resized image in memory (``M * N * in_chans * S * S``
             floats; each DataLoader worker holds its own copy). Default False.
         seed: seed of the augmentation; ``None`` draws from NumPy's global state. Default None.
+        feature_transform: preprocessing of the clinical features; default the one fitted on
+            this manifest's training rows (:func:`client.features.site_feature_transform`).
     """
 
     def __init__(
@@ -47,6 +52,7 @@ class ManifestDataset(Dataset):
         train: bool,
         cache_decoded: bool = False,
         seed: int | None = None,
+        feature_transform: FeatureTransform | None = None,
     ) -> None:
         task = manifest.task
         rows = manifest.rows(split)
@@ -60,11 +66,18 @@ class ManifestDataset(Dataset):
         self._paths: list[tuple[str, ...]] = list(
             rows[list(self.modalities)].itertuples(index=False, name=None)
         )
+        self._features: torch.Tensor | None = None
+        if task.features:
+            transform = feature_transform or site_feature_transform(manifest)
+            self._features = torch.from_numpy(transform.transform(rows))  # (N, F) float32
         self._check_no_bags()
         self._log_missing()
-        self._prepare = eval_transforms(self.image_size, in_chans=self.in_chans)
+        images = bool(self.modalities)  # clinical-only tasks have no image to transform
+        self._prepare = eval_transforms(self.image_size, in_chans=self.in_chans) if images else None
         self._augment = (
-            train_transforms(self.image_size, in_chans=self.in_chans, seed=seed) if train else None
+            train_transforms(self.image_size, in_chans=self.in_chans, seed=seed)
+            if train and images
+            else None
         )
         self._cache: dict[tuple[int, int], torch.Tensor] | None = {} if cache_decoded else None
 
@@ -78,7 +91,8 @@ class ManifestDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
         images = [self._image(index, j) for j in range(len(self.modalities))]
-        return (*images, torch.tensor(self._labels[index], dtype=torch.int64))
+        features = () if self._features is None else (self._features[index],)
+        return (*images, *features, torch.tensor(self._labels[index], dtype=torch.int64))
 
     def _image(self, index: int, modality: int) -> torch.Tensor:
         path = self._paths[index][modality]
@@ -142,6 +156,7 @@ def make_loader(
     seed: int = 0,
     num_workers: int = 0,
     cache_decoded: bool = False,
+    feature_transform: FeatureTransform | None = None,
 ) -> DataLoader:
     """A DataLoader over one split.
 
@@ -159,6 +174,7 @@ def make_loader(
         seed: seed of order and augmentation. Default 0.
         num_workers: DataLoader worker processes. Default 0.
         cache_decoded: see :class:`ManifestDataset`. Default False.
+        feature_transform: see :class:`ManifestDataset`. Default None (the site's own).
 
     Returns:
         A ``torch.utils.data.DataLoader`` yielding ``(x_1, ..., x_M, y)`` batches with
@@ -176,7 +192,12 @@ def make_loader(
     if balanced and not train:
         logger.warning("balanced=True only applies to train loaders; reading %s in order", split)
     dataset = ManifestDataset(
-        manifest, split, train=train, cache_decoded=cache_decoded, seed=seed if train else None
+        manifest,
+        split,
+        train=train,
+        cache_decoded=cache_decoded,
+        seed=seed if train else None,
+        feature_transform=feature_transform,
     )
     if train and len(dataset) == 0:
         raise ValueError(f"the {split} split of {manifest.path} has no rows to train on")

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from client.features import feature_problems
 from client.splits import SPLITS, SplitError, assign_splits
 from models._options import look_up_option
 from models.tasks import TaskSpec
@@ -353,6 +354,8 @@ class _Checker:
                 resolved[m].append(self._cell(row, m, record[m]))
         for m in modalities:
             frame[m] = resolved[m]
+        for row, column, message in feature_problems(frame, self.task):
+            self.add(row, column, message)
         if "label" in columns:
             frame["label_index"] = np.asarray(label_index, dtype=np.int64)
         if "patient_id" in columns and modalities:

@@ -8,7 +8,9 @@ long-lived process (simulation actors) reuses them across rounds.
 
 from __future__ import annotations
 
+import copy
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +20,27 @@ from torch import nn
 
 from client.dataset import make_loader
 from client.manifest import Manifest, load_manifest
+from client.privacy import (
+    BudgetExhausted,
+    PrivacyBudget,
+    PrivacyConfigError,
+    PrivacyLedger,
+    effective_budget,
+    make_private,
+    plan_noise_multiplier,
+)
 from client.train import EvalResult, TrainConfig, TrainResult, evaluate, train_local
 from models import create_model_for_task
 from models.tasks import TaskSpec, get_task
 
-__all__ = ["SiteSettings", "RoundSettings", "SiteSession", "SiteConfigError", "get_session"]
+__all__ = [
+    "SiteSettings",
+    "RoundSettings",
+    "SiteSession",
+    "SiteConfigError",
+    "PrivacyReport",
+    "get_session",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -40,11 +58,14 @@ class SiteSettings:
         site_id: the site's name (``site-id``); defaults to the manifest's only ``site``
             value, else the manifest folder's name.
         num_workers: data-loader worker processes (``num-workers``). Default 0.
+        budget: the site's DP budget (``dp-epsilon``, ``dp-delta``, ``dp-max-grad-norm``);
+            None trains without DP unless the server asks for it.
     """
 
     data_path: Path
     site_id: str
     num_workers: int = 0
+    budget: PrivacyBudget | None = None
 
     @classmethod
     def from_node_config(cls, node_config: Mapping[str, object]) -> SiteSettings:
@@ -64,7 +85,8 @@ class SiteSettings:
             raise SiteConfigError(
                 f"num-workers must be an integer, got {node_config.get('num-workers')!r}"
             ) from err
-        return cls(data_path=data_path, site_id=site_id, num_workers=num_workers)
+        budget = PrivacyBudget.from_config(node_config, source="node config")
+        return cls(data_path=data_path, site_id=site_id, num_workers=num_workers, budget=budget)
 
 
 @dataclass(frozen=True)
@@ -81,6 +103,9 @@ class RoundSettings:
     score_bins: int
     eval_split: str
     threads: int
+    num_rounds: int = 1
+    dp_safe: bool = False
+    dp_requested: PrivacyBudget | None = None
 
     @classmethod
     def from_config(cls, config: Mapping[str, object]) -> RoundSettings:
@@ -101,6 +126,7 @@ class RoundSettings:
             weight_decay=float(get("weight-decay", 1e-4)),  # type: ignore[arg-type]
             focal_gamma=float(get("focal-gamma", 2.0)),  # type: ignore[arg-type]
             start_epoch=(server_round - 1) * epochs,
+            grad_clip_norm=float(get("grad-clip-norm", 0.0)) or None,  # type: ignore[arg-type]
         )
         return cls(
             task=task,
@@ -113,20 +139,37 @@ class RoundSettings:
             score_bins=int(get("score-bins", 50)),  # type: ignore[call-overload]
             eval_split=str(get("eval-split", "test")),
             threads=int(get("client-threads", 1)),  # type: ignore[call-overload]
+            num_rounds=int(get("num-server-rounds", server_round)),  # type: ignore[call-overload]
+            dp_safe=bool(get("dp-safe-model", False)),
+            dp_requested=PrivacyBudget.from_config(config, source="run config"),
         )
+
+
+@dataclass(frozen=True)
+class PrivacyReport:
+    """DP accounting after a round: what the site spent of its budget."""
+
+    epsilon_spent: float
+    epsilon_budget: float
+    delta: float
+    noise_multiplier: float
+    max_grad_norm: float
 
 
 class SiteSession:
     """The site's manifest and model for one task, reused across rounds."""
 
-    def __init__(self, settings: SiteSettings, task: TaskSpec, *, seed: int = 0) -> None:
+    def __init__(
+        self, settings: SiteSettings, task: TaskSpec, *, seed: int = 0, dp_safe: bool = False
+    ) -> None:
         self.settings = settings
         self.task = task
         self.manifest: Manifest = load_manifest(
             settings.data_path, task, site=settings.site_id or None, seed=seed
         )
         self.site_id = settings.site_id or _infer_site_id(self.manifest)
-        self.model: nn.Module = create_model_for_task(task)
+        self.dp_safe = dp_safe
+        self.model: nn.Module = create_model_for_task(task, dp_safe=dp_safe)
         _log.info(
             "site %s: %d rows loaded from %s", self.site_id, len(self.manifest.frame), settings.data_path
         )
@@ -135,6 +178,7 @@ class SiteSession:
         self.model.load_state_dict(dict(state), strict=True)
 
     def train(self, rounds: RoundSettings) -> TrainResult:
+        """Train without DP (the site has no budget and the server asked for none)."""
         loader = make_loader(
             self.manifest,
             "train",
@@ -150,6 +194,83 @@ class SiteSession:
             config=rounds.train,
             class_counts=self.manifest.class_counts("train"),
         )
+
+    def privacy_budget(self, rounds: RoundSettings) -> PrivacyBudget | None:
+        """The budget in force: the stricter of the site's and the server's request."""
+        budget = effective_budget(self.settings.budget, rounds.dp_requested)
+        if budget is not None and not rounds.dp_safe:
+            raise PrivacyConfigError(
+                f"site {self.site_id} trains only with DP (epsilon {budget.epsilon}), but the "
+                "federation's model is not DP-safe: the coordinator must set dp-safe-model=true"
+            )
+        return budget
+
+    def train_private(
+        self, rounds: RoundSettings, budget: PrivacyBudget, ledger: PrivacyLedger
+    ) -> tuple[TrainResult, PrivacyReport, PrivacyLedger]:
+        """One round of DP-SGD; declines (BudgetExhausted) if it would overspend the budget.
+
+        The noise multiplier is planned once for the whole run (rounds x local epochs), so
+        every round spends the same share; a site joining with a smaller budget than planned
+        for still stops when its own budget is reached.
+        """
+        n_train = len(self.manifest.rows("train"))
+        if n_train == 0:
+            raise PrivacyConfigError(f"site {self.site_id} has no training rows")
+        sample_rate = min(1.0, rounds.batch_size / n_train)
+        steps_per_epoch = max(1, math.floor(1 / sample_rate))
+        round_steps = steps_per_epoch * rounds.local_epochs
+        noise = plan_noise_multiplier(
+            budget, sample_rate=sample_rate, total_steps=round_steps * rounds.num_rounds
+        )
+        projected = ledger.after(noise, sample_rate, round_steps).spent(budget.delta)
+        if projected > budget.epsilon * (1 + 1e-3):
+            raise BudgetExhausted(
+                f"site {self.site_id} declines round {rounds.server_round}: it would bring "
+                f"epsilon to {projected:.3f}, above the site's budget {budget.epsilon:g} "
+                f"(spent so far {ledger.spent(budget.delta):.3f}, delta {budget.delta:g})"
+            )
+        # Uniform Poisson sampling: the accounting assumes every row has the same rate.
+        loader = make_loader(
+            self.manifest,
+            "train",
+            batch_size=rounds.batch_size,
+            train=True,
+            balanced=False,
+            seed=rounds.seed + 1000 * rounds.server_round,
+            num_workers=self.settings.num_workers,
+        )
+        work = copy.deepcopy(self.model)  # Opacus adds hooks; keep the session's model clean
+        optimizer = torch.optim.SGD(
+            work.parameters(),
+            lr=rounds.train.learning_rate,
+            momentum=rounds.train.momentum,
+            weight_decay=rounds.train.weight_decay,
+        )
+        private, optimizer, loader, engine = make_private(
+            work, optimizer, loader, noise_multiplier=noise, max_grad_norm=budget.max_grad_norm
+        )
+        result = train_local(
+            private,
+            loader,
+            config=rounds.train,
+            class_counts=self.manifest.class_counts("train"),
+            optimizer=optimizer,
+        )
+        self.model.load_state_dict(work.state_dict())
+        ledger = PrivacyLedger([*ledger.history, *engine.accountant.history])
+        report = PrivacyReport(
+            epsilon_spent=ledger.spent(budget.delta),
+            epsilon_budget=budget.epsilon,
+            delta=budget.delta,
+            noise_multiplier=noise,
+            max_grad_norm=budget.max_grad_norm,
+        )
+        _log.info(
+            "site %s: DP round %d spent epsilon %.3f of %g (noise %.3f)",
+            self.site_id, rounds.server_round, report.epsilon_spent, budget.epsilon, noise,
+        )
+        return result, report, ledger
 
     def evaluate(self, rounds: RoundSettings) -> EvalResult:
         loader = make_loader(
@@ -179,10 +300,10 @@ _SESSIONS: dict[tuple[object, ...], SiteSession] = {}
 def get_session(settings: SiteSettings, rounds: RoundSettings) -> SiteSession:
     """A cached session for this site and task (a long-lived process reuses it across rounds)."""
     torch.set_num_threads(rounds.threads)
-    key = (settings, rounds.task, rounds.seed)
+    key = (settings, rounds.task, rounds.seed, rounds.dp_safe)
     session = _SESSIONS.get(key)
     if session is None:
-        session = SiteSession(settings, rounds.task, seed=rounds.seed)
+        session = SiteSession(settings, rounds.task, seed=rounds.seed, dp_safe=rounds.dp_safe)
         _SESSIONS.clear()  # one run at a time per process: free the previous model
         _SESSIONS[key] = session
     return session

@@ -47,7 +47,11 @@ _MODELS: dict[str, ModelBuilder] = {}
 
 # Modules whose import registers the built-in models. Imported on first lookup so that
 # ``from models._registry import create_model`` works without importing them by hand.
-_BUILTIN_MODEL_MODULES: tuple[str, ...] = ("models.mufnet",)
+_BUILTIN_MODEL_MODULES: tuple[str, ...] = (
+    "models.mufnet",
+    "models.resnet_fusion",
+    "models.clinical",
+)
 _builtins_loaded = False
 
 
@@ -105,16 +109,27 @@ def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
+def _canonical(name: str) -> str:
+    """``name``, or its underscore spelling when only that is registered (``clinical-gru``)."""
+    if name not in _MODELS and isinstance(name, str) and name.replace("-", "_") in _MODELS:
+        return name.replace("-", "_")
+    return name
+
+
 def is_model(name: str) -> bool:
-    """Whether ``name`` is a registered model."""
+    """Whether ``name`` is a registered model (``-`` may stand for ``_``)."""
     _load_builtin_models()
-    return name in _MODELS
+    return _canonical(name) in _MODELS
 
 
 def model_entrypoint(name: str) -> ModelBuilder:
-    """The builder registered as ``name`` (raises with "did you mean" for unknown names)."""
+    """The builder registered as ``name`` (raises with "did you mean" for unknown names).
+
+    Registry names are the builders' function names; ``-`` may stand for ``_``
+    (``"clinical-gru"`` finds ``clinical_gru``).
+    """
     _load_builtin_models()
-    return _MODELS[look_up_option("model", name, _MODELS)]
+    return _MODELS[look_up_option("model", _canonical(name), _MODELS)]
 
 
 def _option_problems(name: str, builder: ModelBuilder, kwargs: dict[str, Any]) -> list[str]:

@@ -9,6 +9,7 @@ import os
 from torch import nn
 
 from models._registry import ModelConfigError, create_model, model_entrypoint
+from models.clinical import clinical_input_width
 from models.tasks import TaskSpec
 
 __all__ = ["create_model_for_task", "model_kwargs_for_task"]
@@ -18,7 +19,15 @@ logger = logging.getLogger(__name__)
 # Options that come from the task's own fields (or from the caller); a task's model_kwargs
 # may not set them, so there is one place to read each of them.
 _TASK_OWNED_OPTIONS = frozenset(
-    {"num_classes", "backbone", "in_chans", "num_modalities", "dp_safe", "pretrained_path"}
+    {
+        "num_classes",
+        "backbone",
+        "in_chans",
+        "num_modalities",
+        "in_features",
+        "dp_safe",
+        "pretrained_path",
+    }
 )
 
 
@@ -32,6 +41,8 @@ def model_kwargs_for_task(
 
     ``num_classes``, ``backbone`` and ``in_chans`` come from the task; ``num_modalities`` is
     ``len(task.modalities)`` for fusion models (those whose builder takes ``num_modalities``);
+    ``in_features`` is the clinical input width (``models.clinical.clinical_input_width``) for
+    models that take clinical features (those whose builder takes ``in_features``);
     ``task.model_kwargs`` adds model-specific options (e.g. ``{"attn_reduction": 8}``).
     ``task.image_size`` is not a model option: backbones pool globally, any size works.
 
@@ -59,8 +70,25 @@ def model_kwargs_for_task(
         "dp_safe": dp_safe,
         "pretrained_path": pretrained_path,
     }
+    takes_features = "in_features" in params
+    if takes_features:
+        kwargs["in_features"] = clinical_input_width(task)
+        if not task.features:
+            problems.append(f"model {task.model!r} takes clinical features but the task has none")
+    elif task.features:
+        problems.append(
+            f"model {task.model!r} takes no clinical features but the task lists "
+            f"{', '.join(task.features)}; use a clinical model (clinical_logreg, clinical_mlp, "
+            "clinical_gru) or drop the features"
+        )
     if "num_modalities" in params:
         kwargs["num_modalities"] = len(task.modalities)
+    elif takes_features:
+        if task.modalities:
+            problems.append(
+                f"model {task.model!r} takes no image but the task has modalities "
+                f"{', '.join(task.modalities)}"
+            )
     elif len(task.modalities) != 1:
         problems.append(
             f"model {task.model!r} takes one image modality but the task has "

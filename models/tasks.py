@@ -26,8 +26,15 @@ class TaskSpec:
         image_size: square input side in pixels.
         backbone: timm backbone name.
         in_chans: channels fed to the backbone (grey images are repeated to fit).
-        features: clinical feature columns (none for image-only tasks).
+        features: clinical feature columns (none for image-only tasks), in the order the
+            model takes them.
         description: one line for listings.
+        model_kwargs: model-specific builder options (see ``models.factory``).
+        categories: feature name -> its category levels, for the features that hold category
+            strings (matched case-insensitively, surrounding whitespace ignored); every other
+            feature is numeric. A feature with 2 levels becomes one 0/1 input (1 = the second
+            level), one with more levels a one-hot block (see ``models.clinical``). Levels are
+            declared, not learned, so every site builds the same input width.
     """
 
     name: str
@@ -40,6 +47,30 @@ class TaskSpec:
     features: tuple[str, ...] = ()
     description: str = ""
     model_kwargs: dict[str, object] = field(default_factory=dict, hash=False, compare=False)
+    categories: dict[str, tuple[str, ...]] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        problems = []
+        levels: dict[str, tuple[str, ...]] = {}
+        for name, values in dict(self.categories).items():
+            if name not in self.features:
+                problems.append(f"categories names {name!r}, which is not one of the features")
+                continue
+            if isinstance(values, str) or not all(isinstance(v, str) for v in values):
+                problems.append(
+                    f"categories[{name!r}] must be a list of level names, got {values!r}"
+                )
+                continue
+            cleaned = tuple(v.strip() for v in values)
+            distinct = len({v.lower() for v in cleaned})
+            if len(cleaned) < 2 or "" in cleaned or distinct < len(cleaned):
+                problems.append(
+                    f"categories[{name!r}] must hold >= 2 distinct non-empty levels, got {values!r}"
+                )
+            levels[name] = cleaned
+        if problems:
+            raise ValueError(f"task {self.name!r}: " + "; ".join(problems))
+        object.__setattr__(self, "categories", levels)
 
     @property
     def num_classes(self) -> int:
@@ -54,6 +85,7 @@ class TaskSpec:
         out = dataclasses.asdict(self)
         for key in ("modalities", "classes", "features"):
             out[key] = list(out[key])
+        out["categories"] = {k: list(v) for k, v in self.categories.items()}
         return out
 
 
@@ -87,3 +119,72 @@ register_task(
         description="RCC WHO/ISUP grade (low G1-G2 vs high G3-G4) from B-mode + CEUS (MUF-Net)",
     )
 )
+
+# Cervical lymph nodes, three hospitals: 2D grey-scale, colour Doppler (CDFI) and elastography
+# ultrasound; an ImageNet-style ResNet per modality, fused (see models.resnet_fusion).
+_LYMPH_NODE_MODALITIES = ("us2d", "cdfi", "elasto")
+register_task(
+    TaskSpec(
+        name="lymph-node",
+        model="resnet_fusion",
+        modalities=_LYMPH_NODE_MODALITIES,
+        classes=("metastatic", "lymphoma", "benign"),
+        image_size=224,
+        backbone="resnet18",
+        description="cervical lymph node: metastatic / lymphoma / benign from 2D + CDFI + "
+        "elastography ultrasound (a ResNet per modality, fused)",
+    )
+)
+# The study's single-modality comparison: the same classes from one modality at a time.
+for _modality in _LYMPH_NODE_MODALITIES:
+    register_task(
+        TaskSpec(
+            name=f"lymph-node-{_modality}",
+            model="single_modality",
+            modalities=(_modality,),
+            classes=("metastatic", "lymphoma", "benign"),
+            image_size=224,
+            backbone="resnet18",
+            description=f"cervical lymph node from {_modality} alone (single-modality ResNet)",
+        )
+    )
+del _modality
+
+# Chronic kidney disease risk from the clinical record (the DFS study's clinical branch; UCI
+# CKD columns). Binary categories are coded 0/1 with the second level as 1.
+_CKD_FEATURES = (
+    "age", "bp", "sg", "al", "su", "rbc", "pc", "pcc", "ba", "bgr", "bu", "sc",
+    "sod", "pot", "hemo", "pcv", "wc", "rc", "htn", "dm", "cad", "appet", "pe", "ane",
+)  # fmt: skip
+_CKD_CATEGORIES = {
+    "rbc": ("normal", "abnormal"),
+    "pc": ("normal", "abnormal"),
+    "pcc": ("notpresent", "present"),
+    "ba": ("notpresent", "present"),
+    "htn": ("no", "yes"),
+    "dm": ("no", "yes"),
+    "cad": ("no", "yes"),
+    "appet": ("good", "poor"),
+    "pe": ("no", "yes"),
+    "ane": ("no", "yes"),
+}
+for _suffix, _model, _kwargs, _what in (
+    ("", "clinical_gru", {"drop_rate": 0.2}, "the DFS study's GRU (3,393 parameters)"),
+    ("-logreg", "clinical_logreg", {}, "logistic regression"),
+    ("-mlp", "clinical_mlp", {"drop_rate": 0.2}, "a small MLP"),
+):
+    register_task(
+        TaskSpec(
+            name=f"ckd-risk{_suffix}",
+            model=_model,
+            modalities=(),
+            classes=("notckd", "ckd"),
+            image_size=0,
+            backbone="",
+            features=_CKD_FEATURES,
+            categories=_CKD_CATEGORIES,
+            model_kwargs=_kwargs,
+            description=f"chronic kidney disease (ckd / notckd) from 24 clinical features, {_what}",
+        )
+    )
+del _suffix, _model, _kwargs, _what

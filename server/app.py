@@ -14,12 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import Strategy
 
 from models import create_model_for_task
 from models.tasks import TaskSpec
 from server.config import RunConfig
+from server.store import RunRecorder
+from strategies.central_dp import UNIFORM_WEIGHT_KEY, with_central_dp
 from strategies.fedavg import ClinicalFedAvg
 from strategies.history import RoundRecord, RunHistory
 
@@ -52,38 +55,104 @@ def run_federation(
     config = RunConfig.from_mapping(run_config)
     task = config.task_spec()
     torch.manual_seed(config.seed)
-    model = create_model_for_task(task)
+    model = create_model_for_task(task, dp_safe=config.uses_dp_model)
+    recorder = _open_recorder(config, task)
     strategy = ClinicalFedAvg(
         fraction_train=config.fraction_train,
         fraction_evaluate=1.0,
         min_train_nodes=config.min_train_nodes,
         min_evaluate_nodes=config.min_train_nodes,
         min_available_nodes=config.min_available_nodes,
-        on_round_end=on_round_end,
+        on_round_end=_compose(on_round_end, recorder.on_round_end if recorder else None),
     )
+    runner: Strategy = strategy
+    if config.central_dp:
+        strategy.weighted_by_key = UNIFORM_WEIGHT_KEY  # the noise calibration assumes a plain mean
+        runner = with_central_dp(
+            strategy,
+            noise_multiplier=config.central_dp_noise_multiplier,
+            clipping_norm=config.central_dp_clipping_norm,
+            num_sites=config.min_train_nodes,
+        )
     _log.info(
         "federation: task %s, model %s (%s @ %d px), %d rounds",
         task.name, task.model, task.backbone, task.image_size, config.num_server_rounds,
     )
-    result = strategy.start(
-        grid=grid,
-        initial_arrays=ArrayRecord(model.state_dict()),
-        num_rounds=config.num_server_rounds,
-        timeout=config.round_timeout,
-        train_config=ConfigRecord(config.client_config()),
-        evaluate_config=ConfigRecord(config.client_config()),
-    )
-    final_state = result.arrays.to_torch_state_dict() if result.arrays else model.state_dict()
-    outcome = FederationResult(
-        config=config,
-        task=task,
-        history=strategy.history,
-        final_state=final_state,
-        wall_seconds=time.perf_counter() - started,
-    )
-    if config.out_dir:
-        _write_outputs(outcome, Path(config.out_dir))
+    try:
+        result = runner.start(
+            grid=grid,
+            initial_arrays=ArrayRecord(model.state_dict()),
+            num_rounds=config.num_server_rounds,
+            timeout=config.round_timeout,
+            train_config=ConfigRecord(config.client_config()),
+            evaluate_config=ConfigRecord(config.client_config()),
+            evaluate_fn=_checkpoint_fn(recorder),
+        )
+        final_state = result.arrays.to_torch_state_dict() if result.arrays else model.state_dict()
+        outcome = FederationResult(
+            config=config,
+            task=task,
+            history=strategy.history,
+            final_state=final_state,
+            wall_seconds=time.perf_counter() - started,
+        )
+        if config.out_dir:
+            _write_outputs(outcome, Path(config.out_dir))
+    except BaseException as err:
+        if recorder is not None:
+            recorder.close(status="failed", error=f"{type(err).__name__}: {err}")
+        raise
+    if recorder is not None:
+        recorder.close(status="finished")
     return outcome
+
+
+def _open_recorder(config: RunConfig, task: TaskSpec) -> RunRecorder | None:
+    """Add this run to the run store at ``db-url`` (None when no store is configured)."""
+    if not config.db_url:
+        return None
+    return RunRecorder.start(
+        config.db_url,
+        name=config.run_name,
+        task=task.name,
+        model=task.model,
+        backbone=task.backbone,
+        strategy=str(getattr(config, "strategy", "fedavg")),
+        classes=task.classes,
+        rounds_planned=config.num_server_rounds,
+        config=config.to_dict(),
+        out_dir=config.out_dir,
+    )
+
+
+def _compose(
+    *callbacks: Callable[[RoundRecord], None] | None,
+) -> Callable[[RoundRecord], None] | None:
+    """One round callback that calls each given one in order (None when none is given)."""
+    given = [c for c in callbacks if c is not None]
+    if not given:
+        return None
+
+    def _all(record: RoundRecord) -> None:
+        for callback in given:
+            callback(record)
+
+    return _all
+
+
+def _checkpoint_fn(
+    recorder: RunRecorder | None,
+) -> Callable[[int, ArrayRecord], MetricRecord | None] | None:
+    """Flower's per-round ``evaluate_fn`` hook, used to save each round's global model."""
+    if recorder is None or recorder.checkpoint_dir is None:
+        return None
+
+    def _save(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        if server_round >= 1:
+            recorder.save_checkpoint(server_round, arrays.to_torch_state_dict())
+        return None
+
+    return _save
 
 
 def _write_outputs(outcome: FederationResult, out_dir: Path) -> None:

@@ -36,11 +36,17 @@ CLIENT_KEYS = (
     "momentum",
     "weight-decay",
     "focal-gamma",
+    "grad-clip-norm",
     "class-balanced-sampling",
     "seed",
     "score-bins",
     "eval-split",
     "client-threads",
+    "num-server-rounds",
+    "dp-safe-model",
+    "dp-epsilon",
+    "dp-delta",
+    "dp-max-grad-norm",
 )
 
 
@@ -60,6 +66,7 @@ class RunConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     focal_gamma: float = 2.0
+    grad_clip_norm: float = 0.0
     class_balanced_sampling: bool = True
     fraction_train: float = 1.0
     min_train_nodes: int = 2
@@ -69,7 +76,18 @@ class RunConfig:
     score_bins: int = 50
     eval_split: str = "test"
     client_threads: int = 1
+    # Local DP requested by the server: a site applies the stricter of this and its own budget.
+    dp_epsilon: float = 0.0  # 0 = the server asks for no DP
+    dp_delta: float = 1e-5
+    dp_max_grad_norm: float = 1.0
+    dp_safe_model: bool = False  # GroupNorm model so that sites with a DP budget can train
+    # Central (site-level) DP: sites clip updates, the server adds noise; 0 = off.
+    central_dp_noise_multiplier: float = 0.0
+    central_dp_clipping_norm: float = 1.0
+    central_dp_delta: float = 1e-5
     out_dir: str = ""
+    db_url: str = ""  # run store (SQLAlchemy URL or SQLite path); "" = no store
+    run_name: str = ""  # the run's label in the run store and dashboard
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, object]) -> RunConfig:
@@ -112,12 +130,19 @@ class RunConfig:
             (0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}"),
             (self.weight_decay >= 0, f"weight-decay must be >= 0, got {self.weight_decay}"),
             (self.focal_gamma == 0 or self.focal_gamma >= 1, f"focal-gamma must be 0 or >= 1 (0 < gamma < 1 has unbounded gradients), got {self.focal_gamma}"),
+            (self.grad_clip_norm >= 0, f"grad-clip-norm must be >= 0 (0 = off), got {self.grad_clip_norm}"),
             (0 < self.fraction_train <= 1, f"fraction-train must be in (0, 1], got {self.fraction_train}"),
             (self.min_train_nodes >= 1, f"min-train-nodes must be >= 1, got {self.min_train_nodes}"),
             (self.min_available_nodes >= 1, f"min-available-nodes must be >= 1, got {self.min_available_nodes}"),
             (self.round_timeout > 0, f"round-timeout must be > 0, got {self.round_timeout}"),
             (2 <= self.score_bins <= 1000, f"score-bins must be in [2, 1000], got {self.score_bins}"),
             (self.eval_split in ("val", "test"), f"eval-split must be 'val' or 'test', got {self.eval_split!r}"),
+            (self.dp_epsilon >= 0, f"dp-epsilon must be >= 0 (0 = no DP), got {self.dp_epsilon}"),
+            (0 < self.dp_delta < 1, f"dp-delta must be in (0, 1), got {self.dp_delta}"),
+            (self.dp_max_grad_norm > 0, f"dp-max-grad-norm must be > 0, got {self.dp_max_grad_norm}"),
+            (self.central_dp_noise_multiplier >= 0, f"central-dp-noise-multiplier must be >= 0 (0 = off), got {self.central_dp_noise_multiplier}"),
+            (self.central_dp_clipping_norm > 0, f"central-dp-clipping-norm must be > 0, got {self.central_dp_clipping_norm}"),
+            (0 < self.central_dp_delta < 1, f"central-dp-delta must be in (0, 1), got {self.central_dp_delta}"),
             (self.client_threads >= 1, f"client-threads must be >= 1, got {self.client_threads}"),
             (self.image_size == 0 or self.image_size >= 16, f"image-size must be 0 (task default) or >= 16, got {self.image_size}"),
         ]
@@ -133,15 +158,31 @@ class RunConfig:
         """The task preset with this run's backbone / image-size overrides applied."""
         return get_task(self.task).replace(backbone=self.backbone, image_size=self.image_size)
 
+    @property
+    def uses_dp_model(self) -> bool:
+        """Whether the global model is built DP-safe (asked for, or implied by DP)."""
+        return self.dp_safe_model or self.dp_epsilon > 0 or self.central_dp
+
+    @property
+    def central_dp(self) -> bool:
+        return self.central_dp_noise_multiplier > 0
+
     def client_config(self) -> dict[str, bool | int | float | str]:
         """The settings every site receives with each message (Flower ConfigRecord values)."""
         out: dict[str, bool | int | float | str] = {}
         for key in CLIENT_KEYS:
             out[key] = getattr(self, key.replace("-", "_"))
+        out["dp-safe-model"] = self.uses_dp_model
         return out
 
     def to_dict(self) -> dict[str, object]:
-        return {f.name.replace("_", "-"): getattr(self, f.name) for f in dataclasses.fields(self)}
+        """Kebab-case keys, as in the run config; a password in ``db-url`` is hidden."""
+        out = {f.name.replace("_", "-"): getattr(self, f.name) for f in dataclasses.fields(self)}
+        if self.db_url:
+            from server.store import redact_url
+
+            out["db-url"] = redact_url(self.db_url) if "://" in self.db_url else self.db_url
+        return out
 
 
 def _coerce(value: object, kind: type) -> object:

@@ -1,8 +1,10 @@
 """The ``fedfusion`` command: subcommands grouped by the package they drive.
 
 - ``fedfusion simulate SCENARIO ...``  (simulation)
-- ``fedfusion site check ...``         (client)
+- ``fedfusion site check|keys|run ...`` (client; keys/run in client/deploy_cli.py)
+- ``fedfusion server certs|start ...`` (server/deploy_cli.py: TLS certificates, SuperLink)
 - ``fedfusion list``                   (tasks, models, scenarios)
+- ``fedfusion dashboard --db URL``     (server: the central aggregation dashboard)
 """
 
 from __future__ import annotations
@@ -65,14 +67,19 @@ def _add_simulate(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--local-epochs", type=int, help="local epochs per round")
     p.add_argument("--run-config", action="append", default=[], metavar="'k=v ...'",
                    help="further run-config overrides, as for `flwr run --run-config`")
+    p.add_argument("--dp-epsilon", type=float, help="give every simulated site this DP budget (local DP-SGD)")
+    p.add_argument("--dp-delta", type=float, default=1e-5, help="delta of the sites' DP budget (default 1e-5)")
+    p.add_argument("--dp-max-grad-norm", type=float, default=1.0, help="per-sample clipping norm (default 1.0)")
     p.add_argument("--cpus", type=int, help="CPUs for the simulation (default: all)")
     p.add_argument("--ray-address", help="join an existing Ray cluster")
     p.add_argument("--verbose", action="store_true", help="show Flower and Ray logs")
+    p.add_argument("--db", metavar="URL", help="run store for `fedfusion dashboard`: SQLite path "
+                   "or SQLAlchemy URL (default OUT/runs.sqlite; 'none' for no store)")
     p.set_defaults(handler=_run_simulate)
 
 
 def _run_simulate(args: argparse.Namespace) -> int:
-    from simulation.report import TABLE_METRICS, metric_table_rows, write_report
+    from simulation.report import metric_table, write_report
     from simulation.runner import SimulationOptions, simulate
     from simulation.scenario import load_scenario
 
@@ -82,6 +89,10 @@ def _run_simulate(args: argparse.Namespace) -> int:
                        ("local-epochs", args.local_epochs)):
         if value is not None:
             overrides[key] = value
+    from server.cli import simulation_db_url
+
+    db_url = simulation_db_url(args.db, overrides.get("db-url"), args.out)
+    overrides["db-url"] = db_url
     options = SimulationOptions(
         out_dir=args.out,
         methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
@@ -92,6 +103,11 @@ def _run_simulate(args: argparse.Namespace) -> int:
         cpus=args.cpus,
         ray_address=args.ray_address,
         verbose=args.verbose,
+        site_budget=(
+            {"dp-epsilon": args.dp_epsilon, "dp-delta": args.dp_delta,
+             "dp-max-grad-norm": args.dp_max_grad_norm}
+            if args.dp_epsilon else None
+        ),
     )
     planned = args.rounds or int(scenario.run.get("num-server-rounds", 3))
     _console.print(f"[bold]fedfusion simulate[/] {scenario.name}: {scenario.description}")
@@ -113,15 +129,24 @@ def _run_simulate(args: argparse.Namespace) -> int:
     report = write_report(results, args.out, command=args.command_line)
     for run in results["runs"]:
         table = Table(title=f"{run['method']}: final model, test rows of each site")
-        for column in ("scope", "n", "AUC (95% CI)", *TABLE_METRICS):
+        header, rows = metric_table(run, list(results["task"]["classes"]))
+        for column in header:
             table.add_column(column, no_wrap=True)
-        for row in metric_table_rows(run):
+        for row in rows:
             table.add_row(*row)
         _console.print(table)
         aucs = [r["global"].get("auc") for r in run["rounds"]]
+        if run.get("epsilon"):
+            _console.print("privacy spent (epsilon): " + ", ".join(
+                f"{site} {eps:.2f}" for site, eps in sorted(run["epsilon"].items())))
         _console.print("global AUC by round: " + ", ".join("n/a" if a is None else f"{a:.3f}" for a in aucs))
     _console.print(f"results: {args.out / 'results.json'}")
     _console.print(f"report:  {report}")
+    if db_url:
+        from server.cli import dashboard_hint
+
+        prog = sys.argv[0] if Path(sys.argv[0]).name == "fedfusion" else "fedfusion"
+        _console.print(dashboard_hint(db_url, prog=prog), soft_wrap=True, markup=False)
     return 0
 
 
@@ -140,8 +165,9 @@ def _run_list(args: argparse.Namespace) -> int:
         table.add_column(column)
     for name in list_tasks():
         t = get_task(name)
-        table.add_row(name, t.model, ", ".join(t.modalities), ", ".join(t.classes),
-                      f"{t.backbone} @ {t.image_size}")
+        inputs = ", ".join(t.modalities) or f"({len(t.features)} clinical features)"
+        table.add_row(name, t.model, inputs, ", ".join(t.classes),
+                      f"{t.backbone} @ {t.image_size}" if t.modalities else "-")
     _console.print(table)
     _console.print("models: " + ", ".join(list_models()))
     for name in list_scenarios():
@@ -153,13 +179,16 @@ def _quiet_flower(*, verbose: bool) -> None:
     """Flower logs every round at INFO on its own handler; keep the console for our summary."""
     from flwr.supercore.logger import update_console_handler
 
-    update_console_handler(level=logging.INFO if verbose else logging.WARNING)
+    # WARNING would show run_simulation's deprecation notice on every run; errors still show.
+    update_console_handler(level=logging.INFO if verbose else logging.ERROR)
     logging.getLogger("flwr").propagate = False  # it has its own handler: avoid duplicates
     logging.getLogger("ray").setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 def build_parser() -> argparse.ArgumentParser:
     from client.cli import register as register_site
+    from server.cli import register as register_dashboard
+    from server.deploy_cli import register as register_server
 
     parser = argparse.ArgumentParser(
         prog="fedfusion",
@@ -169,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_simulate(subparsers)
     register_site(subparsers)
+    register_dashboard(subparsers)
+    register_server(subparsers)
     _add_list(subparsers)
     return parser
 

@@ -14,11 +14,19 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from models.metrics import ScoreSummary, roc_curve_from_summary  # noqa: E402
 
-__all__ = ["write_report", "metric_table_rows", "TABLE_METRICS"]
+__all__ = [
+    "write_report",
+    "metric_table",
+    "metric_table_rows",
+    "TABLE_METRICS",
+    "MULTICLASS_TABLE_METRICS",
+]
 
 _log = logging.getLogger(__name__)
 
 TABLE_METRICS = ("accuracy", "sensitivity", "specificity", "ppv", "npv", "f1")
+# K > 2: macro averages over the classes, then the recall of each class.
+MULTICLASS_TABLE_METRICS = ("accuracy", "macro_sensitivity", "macro_ppv", "macro_f1")
 
 
 def _fmt(value: Any) -> str:
@@ -34,17 +42,80 @@ def _auc_cell(metrics: dict[str, Any]) -> str:
     return f"{auc:.3f}"
 
 
-def metric_table_rows(run: dict[str, Any]) -> list[list[str]]:
-    """Rows ``[scope, n, AUC (CI), accuracy, ...]`` for a run's final round: global, then sites."""
+def _num_classes(run: dict[str, Any]) -> int:
+    """K of a run, from the confusion matrix of its final metrics (2 when unknown)."""
+    scopes = [run["final"]["global"], *run["final"]["sites"].values()]
+    for metrics in scopes:
+        confusion = metrics.get("confusion")
+        if isinstance(confusion, list) and confusion:
+            return len(confusion)
+    return 2
+
+
+def metric_table(
+    run: dict[str, Any], classes: list[str] | None = None
+) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of a run's final-round table: global, then each site.
+
+    Binary runs (K = 2) show AUC with its DeLong CI and :data:`TABLE_METRICS`; multi-class
+    runs show the macro one-vs-rest AUC, :data:`MULTICLASS_TABLE_METRICS` and the recall
+    (sensitivity) of each class.
+
+    Args:
+        run: one entry of ``results["runs"]``.
+        classes: class names for the per-class columns (``results["task"]["classes"]``);
+            default ``class 0``, ``class 1``, ...
+    """
+    k = _num_classes(run)
+    names = list(classes) if classes and len(classes) == k else [f"class {c}" for c in range(k)]
+    if k == 2:
+        header = ["scope", "n", "AUC (95% CI, DeLong)", *TABLE_METRICS]
+    else:
+        header = ["scope", "n", "macro AUC (OvR)", *MULTICLASS_TABLE_METRICS]
+        header += [f"sens. {name}" for name in names]
     rows = []
     scopes = [("global", run["final"]["global"])]
     scopes += [(name, m) for name, m in sorted(run["final"]["sites"].items())]
     for scope, metrics in scopes:
-        rows.append(
-            [scope, str(metrics.get("n", "")), _auc_cell(metrics)]
-            + [_fmt(metrics.get(k)) for k in TABLE_METRICS]
-        )
-    return rows
+        row = [scope, str(metrics.get("n", ""))]
+        if k == 2:
+            row += [_auc_cell(metrics)] + [_fmt(metrics.get(key)) for key in TABLE_METRICS]
+        else:
+            row += [_fmt(metrics.get("auc"))]
+            row += [_fmt(metrics.get(key)) for key in MULTICLASS_TABLE_METRICS]
+            row += [_fmt(metrics.get(f"sensitivity_{c}")) for c in range(k)]
+        rows.append(row)
+    return header, rows
+
+
+def metric_table_rows(run: dict[str, Any]) -> list[list[str]]:
+    """The rows of :func:`metric_table` (global, then sites) without the header."""
+    return metric_table(run)[1]
+
+
+def _confusion_lines(run: dict[str, Any], classes: list[str]) -> list[str]:
+    """The global confusion matrix of the final round as a markdown table (K > 2 runs)."""
+    confusion = run["final"]["global"].get("confusion")
+    if not isinstance(confusion, list) or len(confusion) != len(classes):
+        return []
+    lines = [
+        "Global confusion matrix (rows: true class, columns: predicted):",
+        "",
+        "| true \\ predicted | " + " | ".join(classes) + " |",
+        "|" + "---|" * (len(classes) + 1),
+    ]
+    lines += [
+        f"| {name} | " + " | ".join(str(v) for v in row) + " |"
+        for name, row in zip(classes, confusion, strict=True)
+    ]
+    aucs = [run["final"]["global"].get(f"auc_{c}") for c in range(len(classes))]
+    lines += [
+        "",
+        "One-vs-rest AUC per class: "
+        + ", ".join(f"{name} {_fmt(a)}" for name, a in zip(classes, aucs, strict=True))
+        + ".",
+    ]
+    return lines
 
 
 def _plot_learning_curves(run: dict[str, Any], path: Path) -> None:
@@ -69,7 +140,7 @@ def _plot_learning_curves(run: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def _plot_roc(runs: list[dict[str, Any]], path: Path) -> bool:
+def _plot_roc(runs: list[dict[str, Any]], path: Path, classes: list[str]) -> bool:
     fig, ax = plt.subplots(figsize=(4.6, 4.4))
     drawn = False
     for run in runs:
@@ -78,6 +149,12 @@ def _plot_roc(runs: list[dict[str, Any]], path: Path) -> bool:
             continue
         summary = ScoreSummary.from_record(summary_record)
         if summary.num_classes != 2:
+            for c in range(summary.num_classes):  # one-vs-rest curve per class
+                fpr, tpr = roc_curve_from_summary(summary, positive=c)
+                auc = run["final"]["global"].get(f"auc_{c}")
+                name = classes[c] if c < len(classes) else f"class {c}"
+                ax.plot(fpr, tpr, lw=1.5, label=f"{run['method']}: {name} (AUC {_fmt(auc)})")
+            drawn = True
             continue
         fpr, tpr = roc_curve_from_summary(summary)
         auc = run["final"]["global"].get("auc")
@@ -102,14 +179,19 @@ def write_report(results: dict[str, Any], out_dir: Path, *, command: str) -> Pat
     lines = [
         f"# fedfusion simulation: {results['scenario']}",
         "",
-        f"- task: `{task['name']}`, model `{task['model']}` with backbone "
-        f"`{task['backbone']}` at {task['image_size']} px, classes {task['classes']}",
+        f"- task: `{task['name']}`, model `{task['model']}` "
+        + (
+            f"with backbone `{task['backbone']}` at {task['image_size']} px"
+            if task.get("modalities", True)
+            else f"on {len(task.get('features', []))} clinical features"
+        )
+        + f", classes {task['classes']}",
         f"- sites: {', '.join(results['sites'])}; seed {results['seed']}",
         f"- machine: {results['environment']['machine']}, {results['environment']['cpus']} CPUs",
         "",
     ]
-    header = ["scope", "n", "AUC (95% CI, DeLong)", *TABLE_METRICS]
     for run in results["runs"]:
+        header, table_rows = metric_table(run, list(task["classes"]))
         n_rounds = len(run["rounds"])
         lines += [
             f"## {run['method']}: final model after round {n_rounds} "
@@ -118,11 +200,14 @@ def write_report(results: dict[str, Any], out_dir: Path, *, command: str) -> Pat
             "| " + " | ".join(header) + " |",
             "|" + "---|" * len(header),
         ]
-        lines += ["| " + " | ".join(row) + " |" for row in metric_table_rows(run)]
+        lines += ["| " + " | ".join(row) + " |" for row in table_rows]
+        if _num_classes(run) > 2:
+            lines += [""] + _confusion_lines(run, list(task["classes"]))
         first = run["rounds"][0]["global"] if run["rounds"] else {}
+        auc_name = "macro AUC" if _num_classes(run) > 2 else "AUC"
         lines += [
             "",
-            f"Global AUC by round: "
+            f"Global {auc_name} by round: "
             + ", ".join(_fmt(r["global"].get("auc")) for r in run["rounds"])
             + f" (round 1: {_fmt(first.get('auc'))}).",
             "",
@@ -136,7 +221,7 @@ def write_report(results: dict[str, Any], out_dir: Path, *, command: str) -> Pat
             lines += [f"- round {f['round']} {f['stage']}: {f['reason']}" for f in failures]
             lines.append("")
     roc = out_dir / "roc.png"
-    if _plot_roc(results["runs"], roc):
+    if _plot_roc(results["runs"], roc, list(task["classes"])):
         lines += ["## ROC", "", f"![ROC]({roc.name})", ""]
     lines += [
         "## How these numbers were computed",
@@ -145,7 +230,8 @@ def write_report(results: dict[str, Any], out_dir: Path, *, command: str) -> Pat
         "shares only per-class score histograms and confusion counts. Global metrics come from",
         "the sum of those counts: AUC treats scores in one histogram bin as tied, and its 95%",
         "confidence interval uses DeLong's variance on the binned scores. The model reported is",
-        "the one after the last round; no round was selected on test data.",
+        "the one after the last round; no round was selected on test data. With more than two",
+        "classes, AUC is the macro average of the one-vs-rest AUCs (one curve per class).",
         "",
         "## Reproduce",
         "",

@@ -27,9 +27,12 @@ from client import app as client_app_module
 from models._options import look_up_option
 from server.app import FederationResult, run_federation
 from server.config import RunConfig
+from simulation.ckd import prepare_ckd_sites
 from simulation.results_schema import validate_results
 from simulation.scenario import Scenario
 from simulation.synthetic import generate_dual_center
+from simulation.synthetic_lymph import generate_lymph_node
+from strategies.central_dp import central_dp_epsilon
 from strategies.history import RoundRecord, json_safe
 
 __all__ = ["SimulationOptions", "simulate", "METHODS", "prepare_data"]
@@ -39,7 +42,11 @@ _log = logging.getLogger(__name__)
 # Methods this runner can execute (more arrive with the experiment runner).
 METHODS = ("fedavg",)
 
-_GENERATORS: dict[str, Callable[..., Path]] = {"dual-center": generate_dual_center}
+_GENERATORS: dict[str, Callable[..., Path]] = {
+    "dual-center": generate_dual_center,
+    "lymph-node": generate_lymph_node,
+    "ckd-csv": prepare_ckd_sites,
+}
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,8 @@ class SimulationOptions:
         cpus: CPUs Ray may use; default all of this machine's.
         cpus_per_site: CPUs reserved per simulated site (bounds parallel sites). Default 1.
         ray_address: an existing Ray cluster to join instead of starting one.
+        site_budget: DP settings every simulated site gets as its own node config
+            (``dp-epsilon``, ``dp-delta``, ``dp-max-grad-norm``); empty = no local DP.
     """
 
     out_dir: Path
@@ -68,6 +77,7 @@ class SimulationOptions:
     cpus_per_site: float = 1.0
     ray_address: str | None = None
     verbose: bool = False
+    site_budget: Mapping[str, float] | None = None
 
 
 def prepare_data(scenario: Scenario, out_dir: Path, *, seed: int) -> Path:
@@ -99,19 +109,23 @@ def _sites_of(manifest: Path) -> list[str]:
     return sites
 
 
-def _simulated_client(manifest: Path, sites: Sequence[str]) -> ClientApp:
+def _simulated_client(
+    manifest: Path, sites: Sequence[str], site_budget: Mapping[str, float] | None = None
+) -> ClientApp:
     """The real ClientApp functions, given the node config a real site would pass."""
     app = ClientApp()
     site_list = list(sites)
     data_path = str(manifest)
+    budget = dict(site_budget or {})
 
     def _as_site(context: Context) -> Context:
         partition = int(context.node_config["partition-id"])
         context.node_config["data-path"] = data_path
         context.node_config["site-id"] = site_list[partition]
+        context.node_config.update(budget)
         return context
 
-    @app.train()
+    @app.train(mods=client_app_module.TRAIN_MODS)
     def _train(msg: Message, context: Context) -> Message:
         return client_app_module.train(msg, _as_site(context))
 
@@ -131,6 +145,9 @@ def _run_fedavg(
 ) -> FederationResult:
     from flwr.simulation import run_simulation  # heavy import (Ray)
 
+    # Ray's future default (keep CUDA_VISIBLE_DEVICES as it is); also silences its notice.
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+
     outcome: dict[str, FederationResult] = {}
     server_app = ServerApp()
 
@@ -148,7 +165,7 @@ def _run_fedavg(
         init_args["logging_level"] = logging.ERROR
     run_simulation(
         server_app=server_app,
-        client_app=_simulated_client(manifest, sites),
+        client_app=_simulated_client(manifest, sites, options.site_budget),
         num_supernodes=len(sites),
         backend_config={
             "client_resources": {"num_cpus": options.cpus_per_site, "num_gpus": 0.0},
@@ -177,6 +194,8 @@ def simulate(
     run_config.update(options.overrides or {})
     if options.rounds is not None:
         run_config["num-server-rounds"] = options.rounds
+    if options.site_budget:
+        run_config["dp-safe-model"] = True  # sites with a DP budget need a GroupNorm model
     run_config.setdefault("min-train-nodes", len(sites))
     run_config.setdefault("min-available-nodes", len(sites))
     config = RunConfig.from_mapping(run_config)  # fail before starting Ray
@@ -185,6 +204,7 @@ def simulate(
     runs = []
     for method in methods:
         method_config = {**run_config, "out-dir": str(out_dir / method)}
+        method_config.setdefault("run-name", f"{scenario.name}/{method}")
         started = time.perf_counter()
 
         def _round_done(record: RoundRecord, _method: str = method) -> None:
@@ -222,9 +242,30 @@ def _run_entry(method: str, outcome: FederationResult, wall_seconds: float) -> d
         "sites": json_safe(last.sites) if last else {},
         "summary": last.global_summary if last else {},
     }
-    return {
+    entry: dict[str, Any] = {
         "method": method,
         "rounds": rounds,
         "final": final,
         "wall_seconds": wall_seconds,
     }
+    spent = {
+        site: metrics["dp-epsilon-spent"]
+        for record in outcome.history.rounds
+        for site, metrics in record.train.items()
+        if isinstance(metrics.get("dp-epsilon-spent"), float)
+        and metrics["dp-epsilon-spent"] == metrics["dp-epsilon-spent"]  # not NaN
+    }
+    if spent:
+        entry["epsilon"] = spent  # the last round each site trained in
+    if outcome.config.central_dp:
+        entry["central_dp"] = {
+            "noise_multiplier": outcome.config.central_dp_noise_multiplier,
+            "clipping_norm": outcome.config.central_dp_clipping_norm,
+            "delta": outcome.config.central_dp_delta,
+            "epsilon": central_dp_epsilon(
+                noise_multiplier=outcome.config.central_dp_noise_multiplier,
+                rounds=len(outcome.history.rounds),
+                delta=outcome.config.central_dp_delta,
+            ),
+        }
+    return entry

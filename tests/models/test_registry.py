@@ -67,10 +67,13 @@ BAD_OPTION_CASES = [  # (kwargs for mufnet, texts that must all appear)
 
 
 def _inputs(model: nn.Module, *, batch: int = BATCH, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """One image per modality, then a ``(B, F)`` feature tensor for models that take features."""
     gen = torch.Generator().manual_seed(seed)
-    return tuple(
+    images = tuple(
         torch.randn(batch, 3, SIZE, SIZE, generator=gen) for _ in range(model.num_modalities)
     )
+    width = getattr(model, "in_features", 0)
+    return images + ((torch.randn(batch, width, generator=gen),) if width else ())
 
 
 def _build(name: str, *, backbone: str = TINY, **kwargs: object) -> nn.Module:
@@ -105,7 +108,8 @@ def test_model_has_timm_interface(name: str) -> None:
     assert model.training
     assert model.num_classes == NUM_CLASSES
     assert isinstance(model.num_features, int) and model.num_features > 0
-    assert isinstance(model.num_modalities, int) and model.num_modalities >= 1
+    assert isinstance(model.num_modalities, int) and model.num_modalities >= 0
+    assert model.num_modalities >= 1 or getattr(model, "in_features", 0) >= 1  # takes an input
     for method in ("forward_features", "forward_head", "reset_classifier", "get_classifier"):
         assert callable(getattr(model, method))
 

@@ -12,6 +12,7 @@ BAD_VALUES = [
     ({"task": "rcc-gradin"}, "Did you mean 'rcc-grading'"),
     ({"batch-size": "many"}, "batch-size: expected int, got 'many'"),
     ({"image-size": 8}, "image-size must be 0 (task default) or >= 16"),
+    ({"grad-clip-norm": -1.0}, "grad-clip-norm must be >= 0"),
 ]
 
 

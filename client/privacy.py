@@ -1,0 +1,176 @@
+"""Sample-level differential privacy for a site's local training (Opacus), as plain Python.
+
+The site owns its budget: ``dp-epsilon``, ``dp-delta`` and ``dp-max-grad-norm`` come from the
+site's node config. The server may ask for DP too, but :func:`effective_budget` always takes
+the stricter of the two values, so a run config can tighten a site's limits, never loosen
+them. The spent epsilon is tracked with Opacus' RDP accountant across rounds
+(:class:`PrivacyLedger`, kept in the node's state) and a round that would exceed the budget is
+declined before any training happens.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from opacus import PrivacyEngine
+from opacus.accountants import RDPAccountant
+from opacus.accountants.utils import get_noise_multiplier
+from torch import nn
+from torch.optim import Optimizer
+from torch.utils.data import DataLoader
+
+__all__ = [
+    "PrivacyBudget",
+    "PrivacyLedger",
+    "PrivacyConfigError",
+    "BudgetExhausted",
+    "effective_budget",
+    "plan_noise_multiplier",
+    "make_private",
+]
+
+_log = logging.getLogger(__name__)
+
+
+class PrivacyConfigError(ValueError):
+    """A DP setting is missing, malformed or out of range."""
+
+
+class BudgetExhausted(ValueError):
+    """Training this round would spend more epsilon than the site allows."""
+
+
+@dataclass(frozen=True)
+class PrivacyBudget:
+    """A (epsilon, delta) budget for the whole run plus the per-sample clipping norm.
+
+    Args:
+        epsilon: total epsilon the site allows for the run (> 0).
+        delta: target delta (0 < delta < 1); should be well below 1 / training rows.
+        max_grad_norm: per-sample gradient clipping norm (> 0). Default 1.0.
+    """
+
+    epsilon: float
+    delta: float = 1e-5
+    max_grad_norm: float = 1.0
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not (math.isfinite(self.epsilon) and self.epsilon > 0):
+            problems.append(f"dp-epsilon must be > 0, got {self.epsilon}")
+        if not 0 < self.delta < 1:
+            problems.append(f"dp-delta must be in (0, 1), got {self.delta}")
+        if not self.max_grad_norm > 0:
+            problems.append(f"dp-max-grad-norm must be > 0, got {self.max_grad_norm}")
+        if problems:
+            raise PrivacyConfigError("invalid privacy budget: " + "; ".join(problems))
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, object], *, source: str) -> PrivacyBudget | None:
+        """Read ``dp-epsilon``/``dp-delta``/``dp-max-grad-norm``; None when epsilon is unset/0."""
+        try:
+            epsilon = float(config.get("dp-epsilon", 0) or 0)  # type: ignore[arg-type]
+            delta = float(config.get("dp-delta", 0) or 1e-5)  # type: ignore[arg-type]
+            clip = float(config.get("dp-max-grad-norm", 0) or 1.0)  # type: ignore[arg-type]
+        except (TypeError, ValueError) as err:
+            raise PrivacyConfigError(f"{source}: DP settings must be numbers ({err})") from err
+        if epsilon == 0:
+            return None
+        try:
+            return cls(epsilon=epsilon, delta=delta, max_grad_norm=clip)
+        except PrivacyConfigError as err:
+            raise PrivacyConfigError(f"{source}: {err}") from err
+
+
+def effective_budget(
+    site: PrivacyBudget | None, requested: PrivacyBudget | None
+) -> PrivacyBudget | None:
+    """The stricter of the site's budget and the server's request (None = no DP)."""
+    if site is None:
+        return requested
+    if requested is None:
+        return site
+    return PrivacyBudget(
+        epsilon=min(site.epsilon, requested.epsilon),
+        delta=min(site.delta, requested.delta),
+        max_grad_norm=min(site.max_grad_norm, requested.max_grad_norm),
+    )
+
+
+@dataclass
+class PrivacyLedger:
+    """Every DP-SGD step this site took in the run, as RDP accountant history."""
+
+    history: list[tuple[float, float, int]] = field(default_factory=list)
+
+    def spent(self, delta: float) -> float:
+        """Epsilon spent so far at ``delta`` (0 before any step)."""
+        if not self.history:
+            return 0.0
+        accountant = RDPAccountant()
+        accountant.history = list(self.history)
+        return float(accountant.get_epsilon(delta=delta))
+
+    def after(self, noise_multiplier: float, sample_rate: float, steps: int) -> PrivacyLedger:
+        """The ledger as it would be after ``steps`` more steps."""
+        return PrivacyLedger([*self.history, (noise_multiplier, sample_rate, steps)])
+
+    def to_record(self) -> dict[str, list[float] | list[int]]:
+        return {
+            "noise": [h[0] for h in self.history],
+            "rate": [h[1] for h in self.history],
+            "steps": [int(h[2]) for h in self.history],
+        }
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, object] | None) -> PrivacyLedger:
+        if not record:
+            return cls()
+        noise, rate, steps = (list(record[k]) for k in ("noise", "rate", "steps"))  # type: ignore[call-overload]
+        if not len(noise) == len(rate) == len(steps):
+            raise PrivacyConfigError("stored privacy ledger is corrupt: lists differ in length")
+        return cls([(float(n), float(r), int(s)) for n, r, s in zip(noise, rate, steps, strict=True)])
+
+
+def plan_noise_multiplier(
+    budget: PrivacyBudget, *, sample_rate: float, total_steps: int
+) -> float:
+    """Noise multiplier that spends exactly the budget over ``total_steps`` planned steps."""
+    if not 0 < sample_rate <= 1:
+        raise PrivacyConfigError(f"sample rate must be in (0, 1], got {sample_rate}")
+    if total_steps < 1:
+        raise PrivacyConfigError(f"planned DP steps must be >= 1, got {total_steps}")
+    return float(
+        get_noise_multiplier(
+            target_epsilon=budget.epsilon,
+            target_delta=budget.delta,
+            sample_rate=sample_rate,
+            steps=total_steps,
+            accountant="rdp",
+        )
+    )
+
+
+def make_private(
+    model: nn.Module,
+    optimizer: Optimizer,
+    loader: DataLoader,
+    *,
+    noise_multiplier: float,
+    max_grad_norm: float,
+) -> tuple[nn.Module, Optimizer, DataLoader, PrivacyEngine]:
+    """Wrap for DP-SGD with Poisson sampling (uniform: the class-balanced sampler is not used,
+    since accounting assumes every row has the same sampling probability)."""
+    engine = PrivacyEngine(accountant="rdp")
+    private_model, private_optimizer, private_loader = engine.make_private(
+        module=model,
+        optimizer=optimizer,
+        data_loader=loader,
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=max_grad_norm,
+        poisson_sampling=True,
+    )
+    return private_model, private_optimizer, private_loader, engine
