@@ -30,14 +30,21 @@ _log = logging.getLogger(__name__)
 SITE_DATA_ERROR = 100  # bad manifest or node config
 PRIVACY_BUDGET_EXHAUSTED = 101  # the next round would overspend the site's DP budget
 _LEDGER_KEY = "dp-ledger"
+_LOCAL_NORM_KEY = "fedbn-local-norm"  # context.state record: this site's norm layers (FedBN)
 _DP_KEYS = (
-    "dp-epsilon-spent", "dp-epsilon-budget", "dp-delta", "dp-noise-multiplier", "dp-max-grad-norm"
+    "dp-epsilon-spent",
+    "dp-epsilon-budget",
+    "dp-delta",
+    "dp-noise-multiplier",
+    "dp-max-grad-norm",
 )  # context.state record: the site's DP-SGD history for this run
 
 app = ClientApp()
 
 
-def central_dp_clipping_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+def central_dp_clipping_mod(
+    msg: Message, context: Context, call_next: ClientAppCallable
+) -> Message:
     """Flower's ``fixedclipping_mod`` when the server runs central DP, else a pass-through
     (the plain mod refuses messages without a clipping norm)."""
     config = msg.content.config_records.get("config", {})
@@ -48,6 +55,13 @@ def central_dp_clipping_mod(msg: Message, context: Context, call_next: ClientApp
 
 def _site_record(site_id: str) -> ConfigRecord:
     return ConfigRecord({"site-id": site_id})
+
+
+def _local_norm(context: Context, rounds: RoundSettings) -> dict | None:
+    """This site's own normalisation layers under FedBN (None before its first round)."""
+    if not rounds.keep_local_norm or _LOCAL_NORM_KEY not in context.state.array_records:
+        return None
+    return context.state.array_records[_LOCAL_NORM_KEY].to_torch_state_dict()
 
 
 def _refuse(msg: Message, context: Context, err: Exception) -> Message:
@@ -72,7 +86,9 @@ def train(msg: Message, context: Context) -> Message:
         rounds = RoundSettings.from_config(msg.content["config"])
         session = get_session(settings, rounds)
         budget = session.privacy_budget(rounds)
-        session.load_global(msg.content["arrays"].to_torch_state_dict())
+        session.load_global(
+            msg.content["arrays"].to_torch_state_dict(), local_norm=_local_norm(context, rounds)
+        )
         # Every site sends the same keys (Flower's FedAvg requires it); NaN = no DP here.
         values: dict[str, int | float] = dict.fromkeys(_DP_KEYS, math.nan)
         if budget is None:
@@ -100,9 +116,12 @@ def train(msg: Message, context: Context) -> Message:
             **values,
         }
     )
+    sent, kept = session.shareable_state(keep_local_norm=rounds.keep_local_norm)
+    if kept:
+        context.state[_LOCAL_NORM_KEY] = ArrayRecord(kept)
     content = RecordDict(
         {
-            "arrays": ArrayRecord(session.model.state_dict()),
+            "arrays": ArrayRecord(sent),
             "metrics": metrics,
             "site": _site_record(session.site_id),
         }
@@ -119,7 +138,9 @@ def evaluate(msg: Message, context: Context) -> Message:
         session = get_session(settings, rounds)
     except (ManifestError, SiteConfigError, PrivacyConfigError) as err:
         return _refuse(msg, context, err)
-    session.load_global(msg.content["arrays"].to_torch_state_dict())
+    session.load_global(
+        msg.content["arrays"].to_torch_state_dict(), local_norm=_local_norm(context, rounds)
+    )
     result = session.evaluate(rounds)
     record: dict[str, int | float | list[int] | list[float]] = {
         "num-examples": result.num_examples,

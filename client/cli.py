@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from client.deploy_cli import add_site_commands
+from client.gradcam import add_gradcam_command
 from client.manifest import Manifest, ManifestError, load_manifest
 from models.tasks import get_task, list_tasks
 
@@ -66,6 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     check.set_defaults(func=run_check, handler=run_check)
     add_site_commands(commands)  # `site keys`, `site run` (client/deploy_cli.py)
+    add_gradcam_command(commands)  # `site gradcam` (client/gradcam.py)
     return site
 
 

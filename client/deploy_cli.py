@@ -31,6 +31,7 @@ from models.tasks import get_task, list_tasks
 
 __all__ = [
     "DEFAULT_RUNTIME_PORT",
+    "QUIET_FLOWER_ENV",
     "SiteRunError",
     "add_site_commands",
     "build_node_config",
@@ -44,6 +45,9 @@ __all__ = [
 #: Flower's default port of a SuperNode's local runtime API; each SuperNode on a host needs
 #: its own.
 DEFAULT_RUNTIME_PORT = 9094
+#: Environment defaults for the Flower processes: no usage telemetry, no update check (a
+#: hospital machine should not call out to flower.ai; set them yourself to override).
+QUIET_FLOWER_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
 #: Exit code for a refused start (bad options, invalid manifest, unusable key).
 EXIT_REFUSED = 2
 
@@ -102,7 +106,9 @@ def build_node_config(
         "site-id": site_id.strip(),
     }
     for key, value in (
-        ("dp-epsilon", dp_epsilon), ("dp-delta", dp_delta), ("dp-max-grad-norm", dp_max_grad_norm)
+        ("dp-epsilon", dp_epsilon),
+        ("dp-delta", dp_delta),
+        ("dp-max-grad-norm", dp_max_grad_norm),
     ):
         if value is not None:
             config[key] = float(value)
@@ -113,11 +119,12 @@ def format_node_config(config: Mapping[str, NodeValue]) -> str:
     """Render a node config as ``flower-supernode --node-config`` expects.
 
     Flower splits ``key=value`` pairs on spaces and parses each value as TOML, so strings are
-    written as TOML literal strings (``'...'``: no escapes, Windows paths stay intact) or, when
-    they hold a single quote, as basic strings (``"..."``).
+    written as TOML basic strings (``"..."``) or, when they hold a double quote or a backslash
+    (Windows paths), as literal strings (``'...'``, no escapes).
 
     Raises:
-        SiteRunError: for a key with spaces or ``=``, or a string holding both quote kinds.
+        SiteRunError: for a key with spaces or ``=``, or a string that fits neither form (a
+            double quote or backslash together with a single quote, or a control character).
     """
     parts = []
     for key, value in config.items():
@@ -131,14 +138,15 @@ def format_node_config(config: Mapping[str, NodeValue]) -> str:
             text = repr(value)
         else:
             value = str(value)
-            if "'" not in value:
-                text = f"'{value}'"
-            elif '"' not in value and "\\" not in value:
+            if not any(c in value for c in '"\\') and value.isprintable():
                 text = f'"{value}"'
+            elif "'" not in value and value.isprintable():
+                text = f"'{value}'"
             else:
                 raise SiteRunError(
-                    f"node config {key} cannot hold both quote kinds (or a quote and a "
-                    f"backslash): {value!r}; rename the file or folder"
+                    f"node config {key} cannot hold a single quote together with a double "
+                    f"quote or backslash, nor control characters: {value!r}; rename the file "
+                    "or folder"
                 )
         parts.append(f"{key}={text}")
     return " ".join(parts)
@@ -233,25 +241,34 @@ def add_site_commands(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--manifest", required=True, type=Path, metavar="CSV", help="manifest CSV")
     run.add_argument("--site-id", required=True, metavar="NAME", help="this site's name")
     run.add_argument(
-        "--task", default="rcc-grading", metavar="TASK",
+        "--task",
+        default="rcc-grading",
+        metavar="TASK",
         help=f"task the manifest is checked against ({', '.join(list_tasks())}; "
         "default rcc-grading)",
     )
     run.add_argument("--superlink", required=True, metavar="HOST:PORT", help="SuperLink address")
     run.add_argument(
-        "--root-certificates", type=Path, metavar="CA_CERT",
+        "--root-certificates",
+        type=Path,
+        metavar="CA_CERT",
         help="the federation's CA certificate (ca.crt from the coordinator)",
     )
     run.add_argument(
-        "--auth-key", type=Path, metavar="KEY",
+        "--auth-key",
+        type=Path,
+        metavar="KEY",
         help="this site's private key (`fedfusion site keys`)",
     )
     run.add_argument(
-        "--insecure", action="store_true",
+        "--insecure",
+        action="store_true",
         help="connect WITHOUT TLS and node authentication (closed test networks only)",
     )
     run.add_argument(
-        "--port", type=int, default=DEFAULT_RUNTIME_PORT,
+        "--port",
+        type=int,
+        default=DEFAULT_RUNTIME_PORT,
         help=f"local runtime API port (default {DEFAULT_RUNTIME_PORT}; one per SuperNode)",
     )
     run.add_argument("--dp-epsilon", type=float, metavar="E", help="the site's total epsilon")
@@ -263,7 +280,9 @@ def add_site_commands(commands: argparse._SubParsersAction) -> None:
         "--max-retries", type=int, metavar="N", help="give up after N failed connection attempts"
     )
     run.add_argument(
-        "--no-image-check", dest="check_images", action="store_false",
+        "--no-image-check",
+        dest="check_images",
+        action="store_false",
         help="only check that image files exist; do not open them",
     )
     run.add_argument(
@@ -280,13 +299,20 @@ def run_keys(args: argparse.Namespace) -> int:
         _error(err)
         return EXIT_REFUSED
     console = Console(highlight=False)
-    console.print(f"private key: {files.private_key}  (mode 0600; never leaves this site)",
-                  markup=False, soft_wrap=True)
-    console.print(f"public key:  {files.public_key}  (send to the coordinator)",
-                  markup=False, soft_wrap=True)
-    console.print(f"fingerprint: {files.fingerprint}  (read it to the coordinator by phone "
-                  "or another channel; they check it before registering)",
-                  markup=False, soft_wrap=True)
+    console.print(
+        f"private key: {files.private_key}  (mode 0600; never leaves this site)",
+        markup=False,
+        soft_wrap=True,
+    )
+    console.print(
+        f"public key:  {files.public_key}  (send to the coordinator)", markup=False, soft_wrap=True
+    )
+    console.print(
+        f"fingerprint: {files.fingerprint}  (read it to the coordinator by phone "
+        "or another channel; they check it before registering)",
+        markup=False,
+        soft_wrap=True,
+    )
     return 0
 
 
@@ -326,9 +352,7 @@ def run_site(args: argparse.Namespace) -> int:
         except SiteKeyError as err:
             problems.append(str(err))
     try:
-        load_manifest(
-            args.manifest, task, site=args.site_id, check_images=args.check_images
-        )
+        load_manifest(args.manifest, task, site=args.site_id, check_images=args.check_images)
     except ManifestError as err:
         count = len(err.problems)
         problems.append(
@@ -346,17 +370,25 @@ def run_site(args: argparse.Namespace) -> int:
             "WARNING: --insecure: TLS and node authentication are OFF. Model weights travel "
             "unencrypted and this site cannot tell the real SuperLink from an impostor. "
             "Closed test networks only, never with patient data.",
-            style="bold red", markup=False, soft_wrap=True,
+            style="bold red",
+            markup=False,
+            soft_wrap=True,
         )
     elif key is None:
         err_console.print(
             "warning: no --auth-key: a SuperLink with node authentication (the default) will "
-            "refuse this site", style="yellow", markup=False, soft_wrap=True,
+            "refuse this site",
+            style="yellow",
+            markup=False,
+            soft_wrap=True,
         )
     if args.dp_epsilon is None:
         err_console.print(
             "note: no --dp-epsilon: this site trains without local differential privacy; its "
-            "weight updates are sent without noise", style="yellow", markup=False, soft_wrap=True,
+            "weight updates are sent without noise",
+            style="yellow",
+            markup=False,
+            soft_wrap=True,
         )
     Console(highlight=False).print(shlex.join(command), markup=False, soft_wrap=True)
     if args.dry_run:
@@ -371,6 +403,9 @@ def exec_command(command: Sequence[str]) -> int:
     it directly and its exit code becomes the command's exit code. The interpreter's own
     ``bin`` folder goes first on ``PATH`` so that Flower finds the helpers it launches
     (``flower-superexec``, ``flwr-clientapp``) in the same environment.
+    Flower's usage telemetry and update check (outbound connections to flower.ai) are turned
+    off unless the environment already sets ``FLWR_TELEMETRY_ENABLED`` /
+    ``FLWR_DISABLE_UPDATE_CHECK``.
 
     Returns:
         The child's exit code (only where ``exec`` is not available; otherwise it does not
@@ -378,6 +413,8 @@ def exec_command(command: Sequence[str]) -> int:
     """
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    for key, value in QUIET_FLOWER_ENV.items():
+        env.setdefault(key, value)
     sys.stdout.flush()
     sys.stderr.flush()
     if os.name == "posix":

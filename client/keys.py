@@ -130,9 +130,7 @@ def load_site_private_key(path: str | Path) -> ec.EllipticCurvePrivateKey:
             f"{path} is not an unencrypted OpenSSH private key ({err}); create one with "
             "`fedfusion site keys --out DIR`"
         ) from err
-    if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(
-        key.curve, _NIST_CURVES
-    ):
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, _NIST_CURVES):
         raise SiteKeyError(
             f"{path} must be an ECDSA key on a NIST curve (P-256, P-384, P-521), got "
             f"{type(key).__name__}"

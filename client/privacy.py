@@ -132,12 +132,12 @@ class PrivacyLedger:
         noise, rate, steps = (list(record[k]) for k in ("noise", "rate", "steps"))  # type: ignore[call-overload]
         if not len(noise) == len(rate) == len(steps):
             raise PrivacyConfigError("stored privacy ledger is corrupt: lists differ in length")
-        return cls([(float(n), float(r), int(s)) for n, r, s in zip(noise, rate, steps, strict=True)])
+        return cls(
+            [(float(n), float(r), int(s)) for n, r, s in zip(noise, rate, steps, strict=True)]
+        )
 
 
-def plan_noise_multiplier(
-    budget: PrivacyBudget, *, sample_rate: float, total_steps: int
-) -> float:
+def plan_noise_multiplier(budget: PrivacyBudget, *, sample_rate: float, total_steps: int) -> float:
     """Noise multiplier that spends exactly the budget over ``total_steps`` planned steps."""
     if not 0 < sample_rate <= 1:
         raise PrivacyConfigError(f"sample rate must be in (0, 1], got {sample_rate}")

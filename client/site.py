@@ -30,7 +30,7 @@ from client.privacy import (
     plan_noise_multiplier,
 )
 from client.train import EvalResult, TrainConfig, TrainResult, evaluate, train_local
-from models import create_model_for_task
+from models import create_model_for_task, norm_state_keys
 from models.tasks import TaskSpec, get_task
 
 __all__ = [
@@ -73,7 +73,7 @@ class SiteSettings:
         if not path:
             raise SiteConfigError(
                 "node config has no 'data-path': start the site with "
-                "--node-config 'data-path=\"/path/to/manifest.csv\" site-id=\"name\"'"
+                '--node-config \'data-path="/path/to/manifest.csv" site-id="name"\''
             )
         data_path = Path(str(path)).expanduser()
         if not data_path.is_file():
@@ -106,6 +106,7 @@ class RoundSettings:
     num_rounds: int = 1
     dp_safe: bool = False
     dp_requested: PrivacyBudget | None = None
+    keep_local_norm: bool = False
 
     @classmethod
     def from_config(cls, config: Mapping[str, object]) -> RoundSettings:
@@ -113,7 +114,8 @@ class RoundSettings:
             return config.get(key, default)
 
         task = get_task(str(get("task", "rcc-grading"))).replace(
-            backbone=str(get("backbone", "")), image_size=int(get("image-size", 0))  # type: ignore[call-overload]
+            backbone=str(get("backbone", "")),
+            image_size=int(get("image-size", 0)),  # type: ignore[call-overload]
         )
         server_round = int(get("server-round", 1))  # type: ignore[call-overload]
         epochs = int(get("local-epochs", 1))  # type: ignore[call-overload]
@@ -127,6 +129,7 @@ class RoundSettings:
             focal_gamma=float(get("focal-gamma", 2.0)),  # type: ignore[arg-type]
             start_epoch=(server_round - 1) * epochs,
             grad_clip_norm=float(get("grad-clip-norm", 0.0)) or None,  # type: ignore[arg-type]
+            proximal_mu=float(get("proximal-mu", 0.0)),  # type: ignore[arg-type]
         )
         return cls(
             task=task,
@@ -142,6 +145,7 @@ class RoundSettings:
             num_rounds=int(get("num-server-rounds", server_round)),  # type: ignore[call-overload]
             dp_safe=bool(get("dp-safe-model", False)),
             dp_requested=PrivacyBudget.from_config(config, source="run config"),
+            keep_local_norm=bool(get("keep-local-norm", False)),
         )
 
 
@@ -171,11 +175,34 @@ class SiteSession:
         self.dp_safe = dp_safe
         self.model: nn.Module = create_model_for_task(task, dp_safe=dp_safe)
         _log.info(
-            "site %s: %d rows loaded from %s", self.site_id, len(self.manifest.frame), settings.data_path
+            "site %s: %d rows loaded from %s",
+            self.site_id,
+            len(self.manifest.frame),
+            settings.data_path,
         )
 
-    def load_global(self, state: Mapping[str, torch.Tensor]) -> None:
-        self.model.load_state_dict(dict(state), strict=True)
+    def load_global(
+        self,
+        state: Mapping[str, torch.Tensor],
+        *,
+        local_norm: Mapping[str, torch.Tensor] | None = None,
+    ) -> None:
+        """Load the global weights; ``local_norm`` (FedBN) overrides the normalisation layers."""
+        merged = dict(state)
+        if local_norm:
+            merged.update(local_norm)
+        self.model.load_state_dict(merged, strict=True)
+
+    def shareable_state(
+        self, *, keep_local_norm: bool
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """(what to send, what FedBN keeps here): normalisation entries stay when asked."""
+        state = self.model.state_dict()
+        if not keep_local_norm:
+            return state, {}
+        keys = norm_state_keys(self.model)
+        kept = {k: v for k, v in state.items() if k in keys}
+        return {k: v for k, v in state.items() if k not in keys}, kept
 
     def train(self, rounds: RoundSettings) -> TrainResult:
         """Train without DP (the site has no budget and the server asked for none)."""
@@ -198,6 +225,12 @@ class SiteSession:
     def privacy_budget(self, rounds: RoundSettings) -> PrivacyBudget | None:
         """The budget in force: the stricter of the site's and the server's request."""
         budget = effective_budget(self.settings.budget, rounds.dp_requested)
+        if budget is not None and rounds.train.proximal_mu > 0:
+            raise PrivacyConfigError(
+                f"site {self.site_id} trains with DP-SGD, which clips per-sample gradients; "
+                "FedProx' proximal term is not per-sample and would bypass the clipping: "
+                "use another strategy for DP runs"
+            )
         if budget is not None and not rounds.dp_safe:
             raise PrivacyConfigError(
                 f"site {self.site_id} trains only with DP (epsilon {budget.epsilon}), but the "
@@ -268,7 +301,11 @@ class SiteSession:
         )
         _log.info(
             "site %s: DP round %d spent epsilon %.3f of %g (noise %.3f)",
-            self.site_id, rounds.server_round, report.epsilon_spent, budget.epsilon, noise,
+            self.site_id,
+            rounds.server_round,
+            report.epsilon_spent,
+            budget.epsilon,
+            noise,
         )
         return result, report, ledger
 

@@ -52,6 +52,8 @@ class TrainConfig:
         start_epoch: epochs already trained before this call (in federation: rounds done x
             local epochs), so the schedule continues across rounds.
         grad_clip_norm: clip the global gradient norm to this value; None disables.
+        proximal_mu: FedProx' proximal term ``mu/2 ||w - w_start||^2`` (w_start = the weights
+            at the start of this call, i.e. the global model); 0 disables. Default 0.
     """
 
     epochs: int = 1
@@ -63,6 +65,7 @@ class TrainConfig:
     focal_gamma: float = 2.0
     start_epoch: int = 0
     grad_clip_norm: float | None = None
+    proximal_mu: float = 0.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -78,6 +81,8 @@ class TrainConfig:
             problems.append(f"start_epoch must be >= 0, got {self.start_epoch}")
         if self.grad_clip_norm is not None and self.grad_clip_norm <= 0:
             problems.append(f"grad_clip_norm must be > 0, got {self.grad_clip_norm}")
+        if self.proximal_mu < 0:
+            problems.append(f"proximal_mu must be >= 0, got {self.proximal_mu}")
         if problems:
             raise ValueError("invalid TrainConfig: " + "; ".join(problems))
 
@@ -149,6 +154,7 @@ def train_local(
             momentum=config.momentum,
             weight_decay=config.weight_decay,
         )
+    anchor = [p.detach().clone() for p in model.parameters()] if config.proximal_mu > 0 else None
     started = time.perf_counter()
     epoch_losses: list[float] = []
     rates: list[float] = []
@@ -176,6 +182,11 @@ def train_local(
             target = target.to(device)
             optimizer.zero_grad(set_to_none=True)
             loss = criterion(model(*inputs), target)
+            if anchor is not None:
+                drift = sum(
+                    (p - a).pow(2).sum() for p, a in zip(model.parameters(), anchor, strict=True)
+                )
+                loss = loss + 0.5 * config.proximal_mu * drift
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"training loss became {loss.item()} at epoch {local_epoch}, batch {index}; "
@@ -193,7 +204,9 @@ def train_local(
         seen += count
         epoch_losses.append(total / max(count, 1))
         rates.append(lr)
-        _log.debug("epoch %d: loss %.4f lr %.4g", config.start_epoch + local_epoch, epoch_losses[-1], lr)
+        _log.debug(
+            "epoch %d: loss %.4f lr %.4g", config.start_epoch + local_epoch, epoch_losses[-1], lr
+        )
     return TrainResult(
         num_examples=seen // max(config.epochs, 1),
         num_steps=steps,

@@ -16,6 +16,7 @@ from models.backbones import (
     create_backbone,
     dp_safety_problems,
     make_dp_safe,
+    norm_state_keys,
 )
 from models.factory import create_model_for_task, model_kwargs_for_task
 from models.losses import SoftmaxFocalLoss, build_focal_loss, class_balance_weights
@@ -59,6 +60,7 @@ __all__ = [
     "make_dp_safe",
     "model_entrypoint",
     "model_kwargs_for_task",
+    "norm_state_keys",
     "register_model",
     "register_task",
     "roc_curve_from_summary",

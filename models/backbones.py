@@ -329,3 +329,15 @@ def create_backbone(
             )
         make_dp_safe(model)
     return model
+
+
+def norm_state_keys(model: nn.Module) -> set[str]:
+    """State-dict keys of the normalisation layers (BatchNorm/GroupNorm/LayerNorm and timm's
+    norm+act variants): what FedBN keeps local."""
+    keys: set[str] = set()
+    norm_types = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+    for name, module in model.named_modules():
+        if isinstance(module, norm_types):
+            prefix = f"{name}." if name else ""
+            keys.update(prefix + k for k in module.state_dict(keep_vars=True))
+    return keys

@@ -22,8 +22,9 @@ from models import create_model_for_task
 from models.tasks import TaskSpec
 from server.config import RunConfig
 from server.store import RunRecorder
+from strategies.audit import AUDIT_FILE, AuditTrail, dp_settings
 from strategies.central_dp import UNIFORM_WEIGHT_KEY, with_central_dp
-from strategies.fedavg import ClinicalFedAvg
+from strategies.factory import build_strategy
 from strategies.history import RoundRecord, RunHistory
 
 __all__ = ["app", "run_federation", "FederationResult"]
@@ -57,13 +58,20 @@ def run_federation(
     torch.manual_seed(config.seed)
     model = create_model_for_task(task, dp_safe=config.uses_dp_model)
     recorder = _open_recorder(config, task)
-    strategy = ClinicalFedAvg(
+    strategy = build_strategy(
+        config.strategy,
+        proximal_mu=config.proximal_mu,
+        server_lr=config.server_lr,
         fraction_train=config.fraction_train,
         fraction_evaluate=1.0,
         min_train_nodes=config.min_train_nodes,
         min_evaluate_nodes=config.min_train_nodes,
         min_available_nodes=config.min_available_nodes,
         on_round_end=_compose(on_round_end, recorder.on_round_end if recorder else None),
+    )
+    strategy.audit = AuditTrail(  # type: ignore[attr-defined]  # strategies/audit.py
+        path=Path(config.out_dir) / AUDIT_FILE if config.out_dir else None,
+        settings=dp_settings(config.to_dict()),
     )
     runner: Strategy = strategy
     if config.central_dp:
@@ -76,7 +84,11 @@ def run_federation(
         )
     _log.info(
         "federation: task %s, model %s (%s @ %d px), %d rounds",
-        task.name, task.model, task.backbone, task.image_size, config.num_server_rounds,
+        task.name,
+        task.model,
+        task.backbone,
+        task.image_size,
+        config.num_server_rounds,
     )
     try:
         result = runner.start(
@@ -117,7 +129,7 @@ def _open_recorder(config: RunConfig, task: TaskSpec) -> RunRecorder | None:
         task=task.name,
         model=task.model,
         backbone=task.backbone,
-        strategy=str(getattr(config, "strategy", "fedavg")),
+        strategy=config.strategy,
         classes=task.classes,
         rounds_planned=config.num_server_rounds,
         config=config.to_dict(),

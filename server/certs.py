@@ -95,12 +95,16 @@ def parse_host(name: str) -> x509.GeneralName:
     except ValueError:
         pass
     labels = text.rstrip(".").split(".")
-    ok = bool(text) and len(text) <= 253 and all(
-        0 < len(label) <= 63
-        and (label == "*" and i == 0 or all(c.isalnum() or c == "-" for c in label))
-        and not label.startswith("-")
-        and not label.endswith("-")
-        for i, label in enumerate(labels)
+    ok = (
+        bool(text)
+        and len(text) <= 253
+        and all(
+            0 < len(label) <= 63
+            and (label == "*" and i == 0 or all(c.isalnum() or c == "-" for c in label))
+            and not label.startswith("-")
+            and not label.endswith("-")
+            for i, label in enumerate(labels)
+        )
     )
     if not ok or not text.isascii():
         raise CertificateError(
@@ -172,7 +176,8 @@ def create_superlink_certificates(
     if ca_days < days:
         problems.append(f"ca_days must be >= days ({days}), got {ca_days}")
     existing = [
-        str(p) for p in (files.ca_cert, files.ca_key, files.server_cert, files.server_key)
+        str(p)
+        for p in (files.ca_cert, files.ca_key, files.server_cert, files.server_key)
         if p.exists()
     ]
     if existing and not force:
@@ -180,7 +185,7 @@ def create_superlink_certificates(
     if problems:
         raise CertificateError("cannot create certificates: " + "; ".join(problems))
 
-    now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)  # tolerate clock skew
+    now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)  # tolerate clock skew
     ca_key = ec.generate_private_key(_CURVE())
     ca_name = x509.Name(
         [
@@ -200,9 +205,15 @@ def create_superlink_certificates(
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=False, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                crl_sign=True, encipher_only=False, decipher_only=False,
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -230,9 +241,15 @@ def create_superlink_certificates(
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=False,
-                crl_sign=False, encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -281,7 +298,7 @@ def verify_server_certificate(
         Every problem found, as sentences; an empty list when the certificate is fine.
     """
     problems: list[str] = []
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     try:
         ca = x509.load_pem_x509_certificate(Path(ca_cert).read_bytes())
         cert = x509.load_pem_x509_certificate(Path(server_cert).read_bytes())

@@ -18,6 +18,9 @@ __all__ = ["RunConfig", "RunConfigError", "CLIENT_KEYS"]
 
 _log = logging.getLogger(__name__)
 
+# Names of strategies.factory.STRATEGIES (kept here so the config does not import Flower).
+_STRATEGY_NAMES = ("fedavg", "fedprox", "fedbn", "fedadam", "fedyogi")
+
 
 class RunConfigError(ValueError):
     """A run configuration value is missing, of the wrong type or out of range."""
@@ -85,6 +88,9 @@ class RunConfig:
     central_dp_noise_multiplier: float = 0.0
     central_dp_clipping_norm: float = 1.0
     central_dp_delta: float = 1e-5
+    strategy: str = "fedavg"  # fedavg | fedprox | fedbn | fedadam | fedyogi
+    proximal_mu: float = 0.01  # FedProx
+    server_lr: float = 0.01  # FedAdam / FedYogi server learning rate
     out_dir: str = ""
     db_url: str = ""  # run store (SQLAlchemy URL or SQLite path); "" = no store
     run_name: str = ""  # the run's label in the run store and dashboard
@@ -109,9 +115,7 @@ class RunConfig:
             try:
                 values[name] = _coerce(value, type(default))
             except (TypeError, ValueError):
-                problems.append(
-                    f"{key}: expected {type(default).__name__}, got {value!r}"
-                )
+                problems.append(f"{key}: expected {type(default).__name__}, got {value!r}")
         if problems:
             raise RunConfigError("invalid run config: " + "; ".join(problems))
         config = cls(**values)  # type: ignore[arg-type]
@@ -121,7 +125,10 @@ class RunConfig:
     def validate(self) -> None:
         """Check ranges; raise one RunConfigError naming every bad value."""
         checks = [
-            (self.num_server_rounds >= 1, f"num-server-rounds must be >= 1, got {self.num_server_rounds}"),
+            (
+                self.num_server_rounds >= 1,
+                f"num-server-rounds must be >= 1, got {self.num_server_rounds}",
+            ),
             (self.local_epochs >= 1, f"local-epochs must be >= 1, got {self.local_epochs}"),
             (self.batch_size >= 1, f"batch-size must be >= 1, got {self.batch_size}"),
             (self.learning_rate > 0, f"learning-rate must be > 0, got {self.learning_rate}"),
@@ -129,24 +136,77 @@ class RunConfig:
             (0 < self.lr_gamma <= 1, f"lr-gamma must be in (0, 1], got {self.lr_gamma}"),
             (0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}"),
             (self.weight_decay >= 0, f"weight-decay must be >= 0, got {self.weight_decay}"),
-            (self.focal_gamma == 0 or self.focal_gamma >= 1, f"focal-gamma must be 0 or >= 1 (0 < gamma < 1 has unbounded gradients), got {self.focal_gamma}"),
-            (self.grad_clip_norm >= 0, f"grad-clip-norm must be >= 0 (0 = off), got {self.grad_clip_norm}"),
-            (0 < self.fraction_train <= 1, f"fraction-train must be in (0, 1], got {self.fraction_train}"),
-            (self.min_train_nodes >= 1, f"min-train-nodes must be >= 1, got {self.min_train_nodes}"),
-            (self.min_available_nodes >= 1, f"min-available-nodes must be >= 1, got {self.min_available_nodes}"),
+            (
+                self.focal_gamma == 0 or self.focal_gamma >= 1,
+                "focal-gamma must be 0 or >= 1 (0 < gamma < 1 has unbounded gradients), "
+                f"got {self.focal_gamma}",
+            ),
+            (
+                self.grad_clip_norm >= 0,
+                f"grad-clip-norm must be >= 0 (0 = off), got {self.grad_clip_norm}",
+            ),
+            (
+                0 < self.fraction_train <= 1,
+                f"fraction-train must be in (0, 1], got {self.fraction_train}",
+            ),
+            (
+                self.min_train_nodes >= 1,
+                f"min-train-nodes must be >= 1, got {self.min_train_nodes}",
+            ),
+            (
+                self.min_available_nodes >= 1,
+                f"min-available-nodes must be >= 1, got {self.min_available_nodes}",
+            ),
             (self.round_timeout > 0, f"round-timeout must be > 0, got {self.round_timeout}"),
-            (2 <= self.score_bins <= 1000, f"score-bins must be in [2, 1000], got {self.score_bins}"),
-            (self.eval_split in ("val", "test"), f"eval-split must be 'val' or 'test', got {self.eval_split!r}"),
+            (
+                2 <= self.score_bins <= 1000,
+                f"score-bins must be in [2, 1000], got {self.score_bins}",
+            ),
+            (
+                self.eval_split in ("val", "test"),
+                f"eval-split must be 'val' or 'test', got {self.eval_split!r}",
+            ),
             (self.dp_epsilon >= 0, f"dp-epsilon must be >= 0 (0 = no DP), got {self.dp_epsilon}"),
             (0 < self.dp_delta < 1, f"dp-delta must be in (0, 1), got {self.dp_delta}"),
-            (self.dp_max_grad_norm > 0, f"dp-max-grad-norm must be > 0, got {self.dp_max_grad_norm}"),
-            (self.central_dp_noise_multiplier >= 0, f"central-dp-noise-multiplier must be >= 0 (0 = off), got {self.central_dp_noise_multiplier}"),
-            (self.central_dp_clipping_norm > 0, f"central-dp-clipping-norm must be > 0, got {self.central_dp_clipping_norm}"),
-            (0 < self.central_dp_delta < 1, f"central-dp-delta must be in (0, 1), got {self.central_dp_delta}"),
+            (
+                self.dp_max_grad_norm > 0,
+                f"dp-max-grad-norm must be > 0, got {self.dp_max_grad_norm}",
+            ),
+            (
+                self.central_dp_noise_multiplier >= 0,
+                "central-dp-noise-multiplier must be >= 0 (0 = off), "
+                f"got {self.central_dp_noise_multiplier}",
+            ),
+            (
+                self.central_dp_clipping_norm > 0,
+                f"central-dp-clipping-norm must be > 0, got {self.central_dp_clipping_norm}",
+            ),
+            (
+                0 < self.central_dp_delta < 1,
+                f"central-dp-delta must be in (0, 1), got {self.central_dp_delta}",
+            ),
             (self.client_threads >= 1, f"client-threads must be >= 1, got {self.client_threads}"),
-            (self.image_size == 0 or self.image_size >= 16, f"image-size must be 0 (task default) or >= 16, got {self.image_size}"),
+            (
+                self.image_size == 0 or self.image_size >= 16,
+                f"image-size must be 0 (task default) or >= 16, got {self.image_size}",
+            ),
         ]
         problems = [message for ok, message in checks if not ok]
+        if self.strategy not in _STRATEGY_NAMES:
+            problems.append(
+                f"strategy must be one of {', '.join(_STRATEGY_NAMES)}, got {self.strategy!r}"
+            )
+        if self.proximal_mu < 0:
+            problems.append(f"proximal-mu must be >= 0, got {self.proximal_mu}")
+        if self.server_lr <= 0:
+            problems.append(f"server-lr must be > 0, got {self.server_lr}")
+        if self.strategy == "fedbn" and self.central_dp:
+            problems.append(
+                "strategy fedbn cannot run with central DP: the DP wrapper needs every site to "
+                "send the same arrays, FedBN keeps normalisation layers local"
+            )
+        if self.strategy == "fedprox" and self.proximal_mu == 0:
+            _log.warning("strategy fedprox with proximal-mu 0 is FedAvg")
         try:
             get_task(self.task)
         except ValueError as err:

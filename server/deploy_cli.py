@@ -38,6 +38,7 @@ from server.certs import (
 __all__ = [
     "DEFAULT_DATABASE",
     "DEFAULT_PORT",
+    "QUIET_FLOWER_ENV",
     "DeployConfigError",
     "IN_MEMORY_DATABASE",
     "TlsFiles",
@@ -54,6 +55,9 @@ DEFAULT_PORT = 8000
 DEFAULT_DATABASE = "superlink.db"
 #: ``--database`` value that keeps the SuperLink state in memory (lost on restart).
 IN_MEMORY_DATABASE = ":flwr-in-memory:"
+#: Environment defaults for the Flower processes: no usage telemetry, no update check (a
+#: hospital machine should not call out to flower.ai; set them yourself to override).
+QUIET_FLOWER_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
 #: Exit code for a refused start (bad flags, missing or broken certificates).
 EXIT_REFUSED = 2
 
@@ -140,9 +144,12 @@ def build_superlink_command(
     command = [executable, "--host", host, "--port", str(port)]
     if tls is not None:
         command += [
-            "--ssl-ca-certfile", str(tls.ca_cert),
-            "--ssl-certfile", str(tls.server_cert),
-            "--ssl-keyfile", str(tls.server_key),
+            "--ssl-ca-certfile",
+            str(tls.ca_cert),
+            "--ssl-certfile",
+            str(tls.server_cert),
+            "--ssl-keyfile",
+            str(tls.server_key),
         ]
     else:
         command.append("--insecure")
@@ -181,12 +188,17 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         ),
     )
     certs.add_argument(
-        "--host", dest="hosts", action="append", required=True, metavar="NAME",
+        "--host",
+        dest="hosts",
+        action="append",
+        required=True,
+        metavar="NAME",
         help="DNS name or IP address the sites use to reach the SuperLink (repeatable)",
     )
     certs.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
     certs.add_argument(
-        "--localhost", action="store_true",
+        "--localhost",
+        action="store_true",
         help="also make the certificate valid for localhost, 127.0.0.1 and ::1 (tests, demos)",
     )
     certs.add_argument(
@@ -205,7 +217,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         ),
     )
     start.add_argument(
-        "--certs", type=Path, metavar="DIR",
+        "--certs",
+        type=Path,
+        metavar="DIR",
         help=f"folder with {CA_CERT}, {SERVER_CERT} and {SERVER_KEY} (`fedfusion server certs`)",
     )
     for flag, name in (
@@ -215,24 +229,33 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     ):
         start.add_argument(flag, type=Path, metavar="FILE", help=f"{name} (overrides --certs)")
     start.add_argument(
-        "--insecure", action="store_true",
+        "--insecure",
+        action="store_true",
         help="run WITHOUT TLS and without node authentication (closed test networks only)",
     )
     start.add_argument(
-        "--no-node-auth", dest="node_auth", action="store_false",
+        "--no-node-auth",
+        dest="node_auth",
+        action="store_false",
         help="accept any SuperNode (not recommended)",
     )
     start.add_argument(
-        "--host", default="127.0.0.1",
+        "--host",
+        default="127.0.0.1",
         help="address to bind (default 127.0.0.1; 0.0.0.0 to accept remote sites)",
     )
-    start.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
     start.add_argument(
-        "--database", default=DEFAULT_DATABASE, metavar="FILE",
+        "--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})"
+    )
+    start.add_argument(
+        "--database",
+        default=DEFAULT_DATABASE,
+        metavar="FILE",
         help=f"state database kept across restarts (default ./{DEFAULT_DATABASE})",
     )
     start.add_argument(
-        "--allow-runtime-dependency-installation", dest="dependency_install",
+        "--allow-runtime-dependency-installation",
+        dest="dependency_install",
         action="store_true",
         help="let the SuperLink install each app's dependencies with uv (needs internet)",
     )
@@ -267,7 +290,8 @@ def run_certs(args: argparse.Namespace) -> int:
         console.print(f"  {path}  {use}", markup=False, soft_wrap=True)
     console.print(
         f"next: fedfusion server start --certs {shlex.quote(str(args.out))}",
-        markup=False, soft_wrap=True,
+        markup=False,
+        soft_wrap=True,
     )
     return 0
 
@@ -305,16 +329,29 @@ def run_start(args: argparse.Namespace) -> int:
         ):
             err_console.print(
                 f"warning: {tls.server_cert} does not name {args.host}; sites must connect "
-                "with a name the certificate lists", style="yellow", markup=False,
+                "with a name the certificate lists",
+                style="yellow",
+                markup=False,
             )
     if args.insecure:
         err_console.print(INSECURE_WARNING, style="bold red", markup=False, soft_wrap=True)
     elif not args.node_auth:
         err_console.print(NO_NODE_AUTH_WARNING, style="bold red", markup=False, soft_wrap=True)
+    if database == IN_MEMORY_DATABASE:
+        err_console.print(
+            "warning: in-memory state: registered SuperNodes and runs are lost when the "
+            "SuperLink stops",
+            style="yellow",
+            markup=False,
+            soft_wrap=True,
+        )
     if args.dependency_install:
         err_console.print(
             "note: runtime dependency installation is on: the SuperLink will run `uv sync` "
-            "for every app it receives", style="yellow", markup=False, soft_wrap=True,
+            "for every app it receives",
+            style="yellow",
+            markup=False,
+            soft_wrap=True,
         )
     Console(highlight=False).print(shlex.join(command), markup=False, soft_wrap=True)
     if args.dry_run:
@@ -329,6 +366,9 @@ def exec_command(command: Sequence[str]) -> int:
     it directly and its exit code becomes the command's exit code. The interpreter's own
     ``bin`` folder goes first on ``PATH`` so that Flower finds the helpers it launches
     (``flower-superexec``, ``flwr-serverapp``) in the same environment.
+    Flower's usage telemetry and update check (outbound connections to flower.ai) are turned
+    off unless the environment already sets ``FLWR_TELEMETRY_ENABLED`` /
+    ``FLWR_DISABLE_UPDATE_CHECK``.
 
     Returns:
         The child's exit code (only where ``exec`` is not available; otherwise it does not
@@ -336,6 +376,8 @@ def exec_command(command: Sequence[str]) -> int:
     """
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    for key, value in QUIET_FLOWER_ENV.items():
+        env.setdefault(key, value)
     sys.stdout.flush()
     sys.stderr.flush()
     if os.name == "posix":
@@ -361,7 +403,9 @@ def _tls_files(args: argparse.Namespace) -> TlsFiles | None:
         missing = [
             flag
             for flag, value in (
-                ("--ssl-ca-certfile", ca), ("--ssl-certfile", cert), ("--ssl-keyfile", key)
+                ("--ssl-ca-certfile", ca),
+                ("--ssl-certfile", cert),
+                ("--ssl-keyfile", key),
             )
             if value is None
         ]

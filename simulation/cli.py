@@ -56,37 +56,63 @@ def _add_simulate(subparsers: argparse._SubParsersAction) -> None:
         description="Run a scenario through Flower's simulation engine and write results.json, "
         "report.md and plots.",
     )
-    p.add_argument("scenario", help="a bundled scenario name (see `fedfusion list`) or a .toml path")
+    p.add_argument(
+        "scenario", help="a bundled scenario name (see `fedfusion list`) or a .toml path"
+    )
     p.add_argument("--rounds", type=int, help="server rounds (default: the scenario's)")
     p.add_argument("--methods", default="fedavg", help="comma-separated methods (default: fedavg)")
-    p.add_argument("--seed", type=int, default=0, help="seed for data, splits and models (default 0)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed for data, splits and models (default 0)"
+    )
     p.add_argument("--out", type=Path, default=Path("out"), help="output folder (default ./out)")
-    p.add_argument("--manifest", type=Path, help="use this manifest (with a site column) instead of generated data")
+    p.add_argument(
+        "--manifest",
+        type=Path,
+        help="use this manifest (with a site column) instead of generated data",
+    )
     p.add_argument("--backbone", help="timm backbone (e.g. efficientnet_b3 for the study's size)")
     p.add_argument("--image-size", type=int, help="input size in pixels")
     p.add_argument("--local-epochs", type=int, help="local epochs per round")
-    p.add_argument("--run-config", action="append", default=[], metavar="'k=v ...'",
-                   help="further run-config overrides, as for `flwr run --run-config`")
-    p.add_argument("--dp-epsilon", type=float, help="give every simulated site this DP budget (local DP-SGD)")
-    p.add_argument("--dp-delta", type=float, default=1e-5, help="delta of the sites' DP budget (default 1e-5)")
-    p.add_argument("--dp-max-grad-norm", type=float, default=1.0, help="per-sample clipping norm (default 1.0)")
+    p.add_argument(
+        "--run-config",
+        action="append",
+        default=[],
+        metavar="'k=v ...'",
+        help="further run-config overrides, as for `flwr run --run-config`",
+    )
+    p.add_argument(
+        "--dp-epsilon", type=float, help="give every simulated site this DP budget (local DP-SGD)"
+    )
+    p.add_argument(
+        "--dp-delta", type=float, default=1e-5, help="delta of the sites' DP budget (default 1e-5)"
+    )
+    p.add_argument(
+        "--dp-max-grad-norm", type=float, default=1.0, help="per-sample clipping norm (default 1.0)"
+    )
     p.add_argument("--cpus", type=int, help="CPUs for the simulation (default: all)")
     p.add_argument("--ray-address", help="join an existing Ray cluster")
     p.add_argument("--verbose", action="store_true", help="show Flower and Ray logs")
-    p.add_argument("--db", metavar="URL", help="run store for `fedfusion dashboard`: SQLite path "
-                   "or SQLAlchemy URL (default OUT/runs.sqlite; 'none' for no store)")
+    p.add_argument(
+        "--db",
+        metavar="URL",
+        help="run store for `fedfusion dashboard`: SQLite path "
+        "or SQLAlchemy URL (default OUT/runs.sqlite; 'none' for no store)",
+    )
     p.set_defaults(handler=_run_simulate)
 
 
 def _run_simulate(args: argparse.Namespace) -> int:
-    from simulation.report import metric_table, write_report
+    from simulation.report import COMPARISON_HEADER, comparison_rows, metric_table, write_report
     from simulation.runner import SimulationOptions, simulate
     from simulation.scenario import load_scenario
 
     scenario = load_scenario(args.scenario)
     overrides = _parse_overrides(args.run_config)
-    for key, value in (("backbone", args.backbone), ("image-size", args.image_size),
-                       ("local-epochs", args.local_epochs)):
+    for key, value in (
+        ("backbone", args.backbone),
+        ("image-size", args.image_size),
+        ("local-epochs", args.local_epochs),
+    ):
         if value is not None:
             overrides[key] = value
     from server.cli import simulation_db_url
@@ -104,16 +130,24 @@ def _run_simulate(args: argparse.Namespace) -> int:
         ray_address=args.ray_address,
         verbose=args.verbose,
         site_budget=(
-            {"dp-epsilon": args.dp_epsilon, "dp-delta": args.dp_delta,
-             "dp-max-grad-norm": args.dp_max_grad_norm}
-            if args.dp_epsilon else None
+            {
+                "dp-epsilon": args.dp_epsilon,
+                "dp-delta": args.dp_delta,
+                "dp-max-grad-norm": args.dp_max_grad_norm,
+            }
+            if args.dp_epsilon
+            else None
         ),
     )
     planned = args.rounds or int(scenario.run.get("num-server-rounds", 3))
     _console.print(f"[bold]fedfusion simulate[/] {scenario.name}: {scenario.description}")
     with Progress(
-        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} rounds"),
-        TimeElapsedColumn(), console=_console, transient=False,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} rounds"),
+        TimeElapsedColumn(),
+        console=_console,
+        transient=False,
     ) as progress:
         bars: dict[str, int] = {}
 
@@ -121,13 +155,24 @@ def _run_simulate(args: argparse.Namespace) -> int:
             if method not in bars:
                 bars[method] = progress.add_task(method, total=planned)
             auc = record.global_metrics.get("auc")
-            note = f"{method}: round {record.round} global AUC {auc:.3f}" if isinstance(auc, float) else method
+            note = (
+                f"{method}: round {record.round} global AUC {auc:.3f}"
+                if isinstance(auc, float)
+                else method
+            )
             progress.update(bars[method], completed=record.round, description=note)
 
         results = simulate(scenario, options, on_round_end=on_round)
 
     report = write_report(results, args.out, command=args.command_line)
-    for run in results["runs"]:
+    if len(results["runs"]) > 1:
+        comparison = Table(title="methods compared: final models, test rows of every site")
+        for column in COMPARISON_HEADER:
+            comparison.add_column(column, no_wrap=True)
+        for row in comparison_rows(results):
+            comparison.add_row(*row)
+        _console.print(comparison)
+    for run in results["runs"] if len(results["runs"]) == 1 else []:
         table = Table(title=f"{run['method']}: final model, test rows of each site")
         header, rows = metric_table(run, list(results["task"]["classes"]))
         for column in header:
@@ -137,9 +182,13 @@ def _run_simulate(args: argparse.Namespace) -> int:
         _console.print(table)
         aucs = [r["global"].get("auc") for r in run["rounds"]]
         if run.get("epsilon"):
-            _console.print("privacy spent (epsilon): " + ", ".join(
-                f"{site} {eps:.2f}" for site, eps in sorted(run["epsilon"].items())))
-        _console.print("global AUC by round: " + ", ".join("n/a" if a is None else f"{a:.3f}" for a in aucs))
+            _console.print(
+                "privacy spent (epsilon): "
+                + ", ".join(f"{site} {eps:.2f}" for site, eps in sorted(run["epsilon"].items()))
+            )
+        _console.print(
+            "global AUC by round: " + ", ".join("n/a" if a is None else f"{a:.3f}" for a in aucs)
+        )
     _console.print(f"results: {args.out / 'results.json'}")
     _console.print(f"report:  {report}")
     if db_url:
@@ -166,8 +215,13 @@ def _run_list(args: argparse.Namespace) -> int:
     for name in list_tasks():
         t = get_task(name)
         inputs = ", ".join(t.modalities) or f"({len(t.features)} clinical features)"
-        table.add_row(name, t.model, inputs, ", ".join(t.classes),
-                      f"{t.backbone} @ {t.image_size}" if t.modalities else "-")
+        table.add_row(
+            name,
+            t.model,
+            inputs,
+            ", ".join(t.classes),
+            f"{t.backbone} @ {t.image_size}" if t.modalities else "-",
+        )
     _console.print(table)
     _console.print("models: " + ", ".join(list_models()))
     for name in list_scenarios():
@@ -210,7 +264,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.command_line = "fedfusion " + shlex.join(argv)
     logging.basicConfig(
-        level=args.log_level.upper(), format="%(message)s",
+        level=args.log_level.upper(),
+        format="%(message)s",
         handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
     )
     _quiet_flower(verbose=bool(getattr(args, "verbose", False)))

@@ -15,6 +15,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from models.metrics import ScoreSummary, roc_curve_from_summary  # noqa: E402
 
 __all__ = [
+    "COMPARISON_HEADER",
+    "comparison_rows",
     "write_report",
     "metric_table",
     "metric_table_rows",
@@ -172,6 +174,34 @@ def _plot_roc(runs: list[dict[str, Any]], path: Path, classes: list[str]) -> boo
     return drawn
 
 
+def comparison_rows(results: dict[str, Any]) -> list[list[str]]:
+    """One row per method: global AUC (CI) and accuracy, and the mean of the sites' AUCs."""
+    rows = []
+    for run in results["runs"]:
+        final = run["final"]
+        site_aucs = [m.get("auc") for m in final["sites"].values() if m.get("auc") is not None]
+        mean_site = sum(site_aucs) / len(site_aucs) if site_aucs else None
+        rows.append(
+            [
+                run["method"],
+                _auc_cell(final["global"]),
+                _fmt(final["global"].get("accuracy")),
+                _fmt(mean_site),
+                f"{run['wall_seconds']:.0f}",
+            ]
+        )
+    return rows
+
+
+COMPARISON_HEADER = [
+    "method",
+    "global AUC (95% CI)",
+    "global accuracy",
+    "mean of sites' AUC",
+    "seconds",
+]
+
+
 def write_report(results: dict[str, Any], out_dir: Path, *, command: str) -> Path:
     """Write ``report.md`` and its plots into ``out_dir``; returns the report path."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -190,12 +220,24 @@ def write_report(results: dict[str, Any], out_dir: Path, *, command: str) -> Pat
         f"- machine: {results['environment']['machine']}, {results['environment']['cpus']} CPUs",
         "",
     ]
+    if len(results["runs"]) > 1:
+        lines += [
+            "## Methods compared (final models, test rows)",
+            "",
+            "Every method gets the same training budget: num-server-rounds x local-epochs epochs "
+            "over each training row; `local:<site>` trains on that site alone, `pooled` on all "
+            "sites' training rows together (an upper bound that federation exists to avoid).",
+            "",
+            "| " + " | ".join(COMPARISON_HEADER) + " |",
+            "|" + "---|" * len(COMPARISON_HEADER),
+        ]
+        lines += ["| " + " | ".join(row) + " |" for row in comparison_rows(results)]
+        lines.append("")
     for run in results["runs"]:
         header, table_rows = metric_table(run, list(task["classes"]))
         n_rounds = len(run["rounds"])
         lines += [
-            f"## {run['method']}: final model after round {n_rounds} "
-            f"({run['wall_seconds']:.0f} s)",
+            f"## {run['method']}: final model after round {n_rounds} ({run['wall_seconds']:.0f} s)",
             "",
             "| " + " | ".join(header) + " |",
             "|" + "---|" * len(header),

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
@@ -27,20 +28,23 @@ from client import app as client_app_module
 from models._options import look_up_option
 from server.app import FederationResult, run_federation
 from server.config import RunConfig
+from simulation.baselines import run_local, run_pooled, site_manifests
 from simulation.ckd import prepare_ckd_sites
 from simulation.results_schema import validate_results
 from simulation.scenario import Scenario
 from simulation.synthetic import generate_dual_center
 from simulation.synthetic_lymph import generate_lymph_node
 from strategies.central_dp import central_dp_epsilon
-from strategies.history import RoundRecord, json_safe
+from strategies.history import RoundRecord, RunHistory, json_safe
 
 __all__ = ["SimulationOptions", "simulate", "METHODS", "prepare_data"]
 
 _log = logging.getLogger(__name__)
 
-# Methods this runner can execute (more arrive with the experiment runner).
-METHODS = ("fedavg",)
+# Federated methods run the ServerApp with that strategy; the baselines train without Flower.
+FEDERATED_METHODS = ("fedavg", "fedprox", "fedbn", "fedadam", "fedyogi")
+BASELINE_METHODS = ("local", "pooled")
+METHODS = FEDERATED_METHODS + BASELINE_METHODS
 
 _GENERATORS: dict[str, Callable[..., Path]] = {
     "dual-center": generate_dual_center,
@@ -85,9 +89,7 @@ def prepare_data(scenario: Scenario, out_dir: Path, *, seed: int) -> Path:
     options = {k.replace("-", "_"): v for k, v in scenario.data.items()}
     generator_name = str(options.pop("generator", ""))
     if not generator_name:
-        raise ValueError(
-            f"scenario {scenario.name!r} has no [data] generator; pass --manifest CSV"
-        )
+        raise ValueError(f"scenario {scenario.name!r} has no [data] generator; pass --manifest CSV")
     generator = _GENERATORS[look_up_option("data generator", generator_name, _GENERATORS)]
     if "sites" in options:
         options["patients_per_site"] = tuple(dict(options.pop("sites")).items())
@@ -203,7 +205,10 @@ def simulate(
 
     runs = []
     for method in methods:
-        method_config = {**run_config, "out-dir": str(out_dir / method)}
+        if method in BASELINE_METHODS:
+            runs += _run_baseline(method, manifest, sites, config, options, on_round_end)
+            continue
+        method_config = {**run_config, "strategy": method, "out-dir": str(out_dir / method)}
         method_config.setdefault("run-name", f"{scenario.name}/{method}")
         started = time.perf_counter()
 
@@ -212,7 +217,9 @@ def simulate(
                 on_round_end(_method, record)
 
         outcome = _run_fedavg(method_config, manifest, sites, options, _round_done)
-        runs.append(_run_entry(method, outcome, time.perf_counter() - started))
+        runs.append(
+            _run_entry(method, outcome.history, time.perf_counter() - started, outcome.config)
+        )
 
     results = {
         "scenario": scenario.name,
@@ -234,9 +241,34 @@ def simulate(
     return results
 
 
-def _run_entry(method: str, outcome: FederationResult, wall_seconds: float) -> dict[str, Any]:
-    rounds = [r.to_results() for r in outcome.history.rounds]
-    last = outcome.history.last
+def _run_baseline(
+    method: str,
+    manifest: Path,
+    sites: Sequence[str],
+    config: RunConfig,
+    options: SimulationOptions,
+    on_round_end: Callable[[str, RoundRecord], None] | None,
+) -> list[dict[str, Any]]:
+    if options.site_budget or config.central_dp:
+        raise ValueError(f"method {method!r} has no DP variant; run it without DP options")
+    torch.set_num_threads(options.cpus or os.cpu_count() or 1)
+    manifests = site_manifests(manifest, sites, config)
+    if method == "pooled":
+        history, seconds = run_pooled(manifests, config, on_round_end=on_round_end)
+        return [_run_entry("pooled", history, seconds, config)]
+    return [
+        _run_entry(name, history, seconds, config)
+        for name, (history, seconds) in run_local(
+            manifests, config, on_round_end=on_round_end
+        ).items()
+    ]
+
+
+def _run_entry(
+    method: str, history: RunHistory, wall_seconds: float, config: RunConfig
+) -> dict[str, Any]:
+    rounds = [r.to_results() for r in history.rounds]
+    last = history.last
     final = {
         "global": json_safe(last.global_metrics) if last else {},
         "sites": json_safe(last.sites) if last else {},
@@ -250,22 +282,22 @@ def _run_entry(method: str, outcome: FederationResult, wall_seconds: float) -> d
     }
     spent = {
         site: metrics["dp-epsilon-spent"]
-        for record in outcome.history.rounds
+        for record in history.rounds
         for site, metrics in record.train.items()
         if isinstance(metrics.get("dp-epsilon-spent"), float)
         and metrics["dp-epsilon-spent"] == metrics["dp-epsilon-spent"]  # not NaN
     }
     if spent:
         entry["epsilon"] = spent  # the last round each site trained in
-    if outcome.config.central_dp:
+    if config.central_dp:
         entry["central_dp"] = {
-            "noise_multiplier": outcome.config.central_dp_noise_multiplier,
-            "clipping_norm": outcome.config.central_dp_clipping_norm,
-            "delta": outcome.config.central_dp_delta,
+            "noise_multiplier": config.central_dp_noise_multiplier,
+            "clipping_norm": config.central_dp_clipping_norm,
+            "delta": config.central_dp_delta,
             "epsilon": central_dp_epsilon(
-                noise_multiplier=outcome.config.central_dp_noise_multiplier,
-                rounds=len(outcome.history.rounds),
-                delta=outcome.config.central_dp_delta,
+                noise_multiplier=config.central_dp_noise_multiplier,
+                rounds=len(history.rounds),
+                delta=config.central_dp_delta,
             ),
         }
     return entry

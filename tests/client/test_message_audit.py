@@ -25,8 +25,12 @@ ALLOWED_LISTS = {"summary-shape", "summary-hist", "summary-confusion"}
 def site_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("audit")
     return generate_dual_center(
-        root, patients_per_site=(("a", 8), ("b", 6)), images_per_patient=(1, 2),
-        image_size=IMAGE_SIZE, high_grade_fraction=0.4, seed=1,
+        root,
+        patients_per_site=(("a", 8), ("b", 6)),
+        images_per_patient=(1, 2),
+        image_size=IMAGE_SIZE,
+        high_grade_fraction=0.4,
+        seed=1,
     )
 
 
@@ -38,8 +42,13 @@ def _task_identity():
 
 def _config() -> ConfigRecord:
     config = RunConfig.from_mapping(
-        {"backbone": "test_efficientnet", "image-size": IMAGE_SIZE, "batch-size": 4,
-         "score-bins": BINS, "learning-rate": 0.01}
+        {
+            "backbone": "test_efficientnet",
+            "image-size": IMAGE_SIZE,
+            "batch-size": 4,
+            "score-bins": BINS,
+            "learning-rate": 0.01,
+        }
     ).client_config()
     return ConfigRecord({**config, "server-round": 1})
 
@@ -56,8 +65,11 @@ def _message(kind: str, arrays: ArrayRecord) -> Message:
 
 def _context(manifest: Path) -> Context:
     return Context(
-        run_id=1, node_id=7, node_config={"data-path": str(manifest), "site-id": "a"},
-        state=RecordDict(), run_config={},
+        run_id=1,
+        node_id=7,
+        node_config={"data-path": str(manifest), "site-id": "a"},
+        state=RecordDict(),
+        run_config={},
     )
 
 

@@ -66,16 +66,26 @@ def test_planned_noise_spends_the_budget_and_ledger_round_trips() -> None:
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return generate_dual_center(
-        tmp_path_factory.mktemp("dp"), patients_per_site=(("a", 10), ("b", 4)),
-        images_per_patient=(1, 2), image_size=32, high_grade_fraction=0.4, seed=2,
+        tmp_path_factory.mktemp("dp"),
+        patients_per_site=(("a", 10), ("b", 4)),
+        images_per_patient=(1, 2),
+        image_size=32,
+        high_grade_fraction=0.4,
+        seed=2,
     )
 
 
 def _rounds(server_round: int, num_rounds: int, *, dp_safe: bool = True) -> RoundSettings:
     return RoundSettings.from_config(
-        {"backbone": "test_efficientnet", "image-size": 32, "batch-size": 4,
-         "server-round": server_round, "num-server-rounds": num_rounds,
-         "learning-rate": 0.01, "dp-safe-model": dp_safe}
+        {
+            "backbone": "test_efficientnet",
+            "image-size": 32,
+            "batch-size": 4,
+            "server-round": server_round,
+            "num-server-rounds": num_rounds,
+            "learning-rate": 0.01,
+            "dp-safe-model": dp_safe,
+        }
     )
 
 

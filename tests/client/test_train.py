@@ -48,12 +48,17 @@ def _model() -> torch.nn.Module:
 def test_training_lowers_loss_and_continues_the_schedule() -> None:
     data = _bright_vs_dark()
     model = _model()
-    loader = DataLoader(data, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(
+        data, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(0)
+    )
     eval_loader = DataLoader(data, batch_size=16)
     before = evaluate(model, eval_loader, num_classes=2).loss
     result = train_local(
-        model, loader,
-        config=TrainConfig(epochs=6, learning_rate=0.05, lr_step_epochs=4, start_epoch=2, focal_gamma=0),
+        model,
+        loader,
+        config=TrainConfig(
+            epochs=6, learning_rate=0.05, lr_step_epochs=4, start_epoch=2, focal_gamma=0
+        ),
         class_counts=[24, 24],
     )
     after = evaluate(model, eval_loader, num_classes=2).loss
@@ -68,8 +73,12 @@ def test_evaluation_exact_and_shareable_metrics_agree() -> None:
     model = _model()
     # a trained model spreads its scores; an untrained one puts them all near 0.5, where
     # binned AUC (ties within a bin) loses resolution (documented in docs/architecture.md)
-    train_local(model, DataLoader(data, batch_size=8, shuffle=False),
-                config=TrainConfig(epochs=4, focal_gamma=0), class_counts=[20, 20])
+    train_local(
+        model,
+        DataLoader(data, batch_size=8, shuffle=False),
+        config=TrainConfig(epochs=4, focal_gamma=0),
+        class_counts=[20, 20],
+    )
     result = evaluate(model, DataLoader(data, batch_size=16), num_classes=2, n_bins=1000)
     shared = summary_metrics(result.summary)
     assert result.num_examples == 40 == result.summary.n
@@ -84,4 +93,6 @@ def test_non_finite_loss_stops_with_advice() -> None:
     with torch.no_grad():
         model.fc.weight.fill_(float("nan"))
     with pytest.raises(FloatingPointError, match="lower the learning rate"):
-        train_local(model, DataLoader(data, batch_size=8), config=TrainConfig(), class_counts=[4, 4])
+        train_local(
+            model, DataLoader(data, batch_size=8), config=TrainConfig(), class_counts=[4, 4]
+        )

@@ -30,8 +30,13 @@ def test_all_problems_reported_at_once():
 
 def test_defaults_and_overrides():
     config = RunConfig.from_mapping(
-        {"num-server-rounds": 4, "backbone": "efficientnet_b0", "image-size": 96,
-         "learning-rate": 1, "class-balanced-sampling": "false"}
+        {
+            "num-server-rounds": 4,
+            "backbone": "efficientnet_b0",
+            "image-size": 96,
+            "learning-rate": 1,
+            "class-balanced-sampling": "false",
+        }
     )
     assert config.num_server_rounds == 4
     assert config.learning_rate == 1.0 and isinstance(config.learning_rate, float)

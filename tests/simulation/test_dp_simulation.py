@@ -16,8 +16,20 @@ def test_each_site_reports_spent_epsilon_within_budget(tmp_path) -> None:
     scenario = tmp_path / "tiny.toml"
     scenario.write_text(SCENARIO)
     out = tmp_path / "out"
-    code = main(["simulate", str(scenario), "--out", str(out), "--cpus", "2",
-                 "--dp-epsilon", "4", "--dp-delta", "1e-4"])
+    code = main(
+        [
+            "simulate",
+            str(scenario),
+            "--out",
+            str(out),
+            "--cpus",
+            "2",
+            "--dp-epsilon",
+            "4",
+            "--dp-delta",
+            "1e-4",
+        ]
+    )
     assert code == 0
     results = json.loads((out / "results.json").read_text())
     (run,) = results["runs"]

@@ -37,7 +37,9 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("sim")
     scenario = root / "tiny.toml"
     scenario.write_text(SCENARIO)
-    code = main(["simulate", str(scenario), "--out", str(root / "out"), "--seed", "3", "--cpus", "2"])
+    code = main(
+        ["simulate", str(scenario), "--out", str(root / "out"), "--seed", "3", "--cpus", "2"]
+    )
     assert code == 0
     return root / "out"
 

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from simulation.scenario import ScenarioError, list_scenarios, load_scenario
 from models.tasks import get_task
 from server.config import RunConfig
+from simulation.scenario import ScenarioError, list_scenarios, load_scenario
 
 
 def test_bundled_scenarios_load_and_are_valid():

@@ -23,7 +23,9 @@ def _task_identity():
 
 def _message(config: dict) -> Message:
     msg = Message(
-        content=RecordDict({"arrays": ArrayRecord({"w": torch.zeros(4)}), "config": ConfigRecord(config)}),
+        content=RecordDict(
+            {"arrays": ArrayRecord({"w": torch.zeros(4)}), "config": ConfigRecord(config)}
+        ),
         dst_node_id=1,
         message_type=MessageType.TRAIN,
     )
@@ -61,12 +63,26 @@ def test_central_dp_simulation_reports_epsilon(tmp_path) -> None:
     scenario = tmp_path / "tiny.toml"
     scenario.write_text(SCENARIO)
     out = tmp_path / "out"
-    code = main(["simulate", str(scenario), "--out", str(out), "--cpus", "2",
-                 "--run-config", "central-dp-noise-multiplier=0.5 central-dp-clipping-norm=5.0"])
+    code = main(
+        [
+            "simulate",
+            str(scenario),
+            "--out",
+            str(out),
+            "--cpus",
+            "2",
+            "--run-config",
+            "central-dp-noise-multiplier=0.5 central-dp-clipping-norm=5.0",
+        ]
+    )
     assert code == 0
     results = json.loads((out / "results.json").read_text())
     (run,) = results["runs"]
-    assert results["config"]["dp-safe-model"] is False and results["config"]["central-dp-noise-multiplier"] == 0.5
+    assert (
+        results["config"]["dp-safe-model"] is False
+        and results["config"]["central-dp-noise-multiplier"] == 0.5
+    )
     assert run["central_dp"]["epsilon"] == pytest.approx(
-        central_dp_epsilon(noise_multiplier=0.5, rounds=2, delta=1e-5))
+        central_dp_epsilon(noise_multiplier=0.5, rounds=2, delta=1e-5)
+    )
     assert len(run["rounds"]) == 2 and set(run["final"]["sites"]) == {"north", "south"}

@@ -23,7 +23,11 @@ def _reply(node_id: int, content: RecordDict | Error) -> Message:
         message_type=MessageType.EVALUATE,
     )
     ins.metadata.__dict__["_message_id"] = f"m{node_id}"
-    reply = Message(content, reply_to=ins) if isinstance(content, RecordDict) else Message(content, reply_to=ins)
+    reply = (
+        Message(content, reply_to=ins)
+        if isinstance(content, RecordDict)
+        else Message(content, reply_to=ins)
+    )
     reply.metadata.__dict__["_src_node_id"] = node_id
     return reply
 
@@ -61,7 +65,10 @@ def test_global_metrics_come_from_summed_site_summaries():
 def test_failed_and_malformed_sites_are_recorded_not_fatal():
     a = _site_summary(0, 60)
     broken = RecordDict(
-        {"metrics": MetricRecord({"num-examples": 3, "summary-n": 3}), "site": ConfigRecord({"site-id": "x"})}
+        {
+            "metrics": MetricRecord({"num-examples": 3, "summary-n": 3}),
+            "site": ConfigRecord({"site-id": "x"}),
+        }
     )
     strategy = ClinicalFedAvg()
     strategy.aggregate_evaluate(

@@ -1,0 +1,253 @@
+"""The server's audit trail: per round, who was asked, who answered, and how big each update was.
+
+One JSON object per training round, appended to ``audit.jsonl`` in the run's out-dir as soon
+as the round's replies are in (so the trail survives a crash later in the run)::
+
+    {"round": 1, "time": "2026-01-01T12:00:00Z",
+     "asked": [node ids], "answered": ["center-a", ...], "missing": [node ids],
+     "failed": [{"node-id": ..., "site": ..., "error-code": ..., "reason": ...}],
+     "sites": {"center-a": {"node-id": ..., "num-examples": 120, "update-l2-norm": 0.83,
+                            "dp": {"dp-epsilon-spent": 1.2, ...}}},
+     "dp": {"dp-epsilon": 0.0, "central-dp-noise-multiplier": 0.0, ...}}
+
+What it holds, and only that: node ids and site names, example counts, the L2 norm of each
+site's update relative to the round's global model (floating-point arrays only), the ``dp-*``
+scalars each site reported about its own privacy accounting, the DP settings of the run
+config and the error code/reason of a site that declined. Never images, rows, labels or
+patient identifiers; the norm is one number per site and round.
+
+:class:`AuditTrail` is fed by :class:`~strategies.clinical.ClinicalMetricsMixin`:
+``start_round`` from ``configure_train`` (the global arrays and the nodes asked) and
+``record_train`` from ``aggregate_train`` (every reply, before aggregation). Behind Flower's
+central-DP wrapper the norms are those of the clipped updates the sites sent.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, Message
+
+from strategies.clinical import site_of
+from strategies.history import json_safe
+
+__all__ = [
+    "AUDIT_FILE",
+    "AuditTrail",
+    "RoundAudit",
+    "SiteUpdate",
+    "dp_settings",
+    "update_l2_norm",
+]
+
+_log = logging.getLogger(__name__)
+
+#: File name of the trail in a run's out-dir.
+AUDIT_FILE = "audit.jsonl"
+#: Run-config keys that describe privacy settings (recorded in every round's ``dp``).
+_DP_PREFIXES = ("dp-", "central-dp", "secagg")
+_MAX_REASON = 300
+
+
+def dp_settings(run_config: Mapping[str, object]) -> dict[str, object]:
+    """The privacy settings of a run config: every ``dp-*``, ``central-dp*`` and ``secagg*`` key.
+
+    Args:
+        run_config: kebab-case run config, e.g. ``RunConfig.to_dict()``.
+    """
+    return {k: v for k, v in sorted(run_config.items()) if k.startswith(_DP_PREFIXES)}
+
+
+def update_l2_norm(
+    global_arrays: ArrayRecord | Mapping[str, np.ndarray],
+    reply_arrays: ArrayRecord,
+) -> float:
+    """L2 norm of ``reply - global`` over the floating-point arrays the reply carries.
+
+    Arrays the reply leaves out (e.g. FedBN's local normalisation layers) do not count;
+    integer arrays (counters such as ``num_batches_tracked``) are skipped.
+
+    Args:
+        global_arrays: the global model sent in this round (an ArrayRecord, or its arrays
+            already converted to NumPy).
+        reply_arrays: the arrays one site sent back.
+
+    Raises:
+        ValueError: when the reply holds an array the global model lacks or of another shape.
+    """
+    total = 0.0
+    for key, array in reply_arrays.items():
+        new = array.numpy()
+        if not np.issubdtype(new.dtype, np.floating):
+            continue
+        if key not in global_arrays:
+            raise ValueError(f"reply array {key!r} is not in the global model")
+        ref = global_arrays[key]
+        old = ref if isinstance(ref, np.ndarray) else ref.numpy()
+        if old.shape != new.shape:
+            raise ValueError(f"reply array {key!r} has shape {new.shape}, expected {old.shape}")
+        diff = new.astype(np.float64).ravel() - old.astype(np.float64).ravel()
+        total += float(np.dot(diff, diff))
+    return math.sqrt(total)
+
+
+@dataclass
+class SiteUpdate:
+    """One site's train reply as the audit sees it."""
+
+    node_id: int
+    site: str
+    num_examples: int | None = None
+    update_norm: float | None = None
+    dp: dict[str, float] = field(default_factory=dict)
+    error_code: int | None = None
+    reason: str | None = None
+
+
+@dataclass
+class RoundAudit:
+    """One training round of the trail."""
+
+    round: int
+    time: str
+    asked: list[int]
+    updates: list[SiteUpdate]
+    dp: dict[str, object]
+
+    @property
+    def answered(self) -> list[str]:
+        """Sites that sent weights."""
+        return [u.site for u in self.updates if u.error_code is None]
+
+    @property
+    def missing(self) -> list[int]:
+        """Nodes asked that sent nothing back (timeout, crash, disconnect)."""
+        replied = {u.node_id for u in self.updates}
+        return [n for n in self.asked if n not in replied]
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``audit.jsonl`` line (JSON-ready; NaN/inf become null)."""
+        sites = {
+            u.site: {
+                "node-id": u.node_id,
+                "num-examples": u.num_examples,
+                "update-l2-norm": u.update_norm,
+                "dp": u.dp,
+            }
+            for u in self.updates
+            if u.error_code is None
+        }
+        failed = [
+            {"node-id": u.node_id, "site": u.site, "error-code": u.error_code, "reason": u.reason}
+            for u in self.updates
+            if u.error_code is not None
+        ]
+        return json_safe(
+            {
+                "round": self.round,
+                "time": self.time,
+                "asked": self.asked,
+                "answered": self.answered,
+                "missing": self.missing,
+                "failed": failed,
+                "sites": sites,
+                "dp": self.dp,
+            }
+        )
+
+
+class AuditTrail:
+    """Collects a :class:`RoundAudit` per training round; appends each to ``path``.
+
+    Args:
+        path: the JSONL file (truncated when the trail is created); None keeps the trail in
+            memory only. Default None.
+        settings: the run's privacy settings, recorded with every round (see
+            :func:`dp_settings`). Default: none.
+    """
+
+    def __init__(
+        self, *, path: str | Path | None = None, settings: Mapping[str, object] | None = None
+    ) -> None:
+        self.path = Path(path) if path is not None else None
+        self.settings = dict(settings or {})
+        self.rounds: list[RoundAudit] = []
+        self._round: int | None = None
+        self._asked: list[int] = []
+        self._global: ArrayRecord | None = None
+        self._global_np: dict[str, np.ndarray] = {}
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text("")
+
+    def start_round(self, server_round: int, *, arrays: ArrayRecord, asked: Iterable[int]) -> None:
+        """Note the global model sent this round and the nodes asked to train."""
+        self._round = server_round
+        self._asked = [int(n) for n in asked]
+        self._global = arrays
+        self._global_np = {}
+
+    def record_train(self, server_round: int, replies: Iterable[Message]) -> RoundAudit:
+        """Audit the train replies of ``server_round`` (call before aggregating them)."""
+        asked = self._asked if self._round == server_round else []
+        updates = [self._site_update(msg) for msg in replies]
+        entry = RoundAudit(
+            round=server_round,
+            time=dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            asked=asked,
+            updates=updates,
+            dp=dict(self.settings),
+        )
+        self.rounds.append(entry)
+        self._global_np = {}  # free the round's copy of the model
+        if self.path is not None:
+            with self.path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(entry.to_json(), sort_keys=True) + "\n")
+        _log.info(
+            "audit round %d: asked %d, answered %s, failed %d, missing %d",
+            server_round,
+            len(asked),
+            ", ".join(entry.answered) or "none",
+            len(updates) - len(entry.answered),
+            len(entry.missing),
+        )
+        return entry
+
+    def _site_update(self, msg: Message) -> SiteUpdate:
+        node_id = int(msg.metadata.src_node_id)
+        if msg.has_error():
+            reason = str(msg.error.reason or "")
+            return SiteUpdate(
+                node_id=node_id,
+                site=str(node_id),
+                error_code=int(msg.error.code),
+                reason=reason[:_MAX_REASON] + ("..." if len(reason) > _MAX_REASON else ""),
+            )
+        update = SiteUpdate(node_id=node_id, site=site_of(msg))
+        content = msg.content
+        for record in content.metric_records.values():
+            if "num-examples" in record:
+                update.num_examples = int(record["num-examples"])  # type: ignore[arg-type]
+            for key, value in record.items():
+                if key.startswith("dp-") and isinstance(value, int | float):
+                    update.dp[key] = float(value)
+        arrays = next(iter(content.array_records.values()), None)
+        if arrays is not None and self._global is not None:
+            try:
+                update.update_norm = update_l2_norm(self._global_numpy(), arrays)
+            except ValueError as err:
+                _log.warning("audit: no update norm for %s: %s", update.site, err)
+        return update
+
+    def _global_numpy(self) -> dict[str, np.ndarray]:
+        if not self._global_np and self._global is not None:
+            self._global_np = {k: v.numpy() for k, v in self._global.items()}
+        return self._global_np

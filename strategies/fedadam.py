@@ -1,0 +1,13 @@
+"""FedAdam (server-side Adam on the averaged update) with clinical metrics."""
+
+from __future__ import annotations
+
+from flwr.serverapp.strategy import FedAdam
+
+from strategies.clinical import ClinicalMetricsMixin
+
+__all__ = ["ClinicalFedAdam"]
+
+
+class ClinicalFedAdam(ClinicalMetricsMixin, FedAdam):
+    """Flower's FedAdam (``eta`` = server learning rate); momentum lives on the server."""

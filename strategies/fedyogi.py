@@ -1,0 +1,13 @@
+"""FedYogi (server-side Yogi on the averaged update) with clinical metrics."""
+
+from __future__ import annotations
+
+from flwr.serverapp.strategy import FedYogi
+
+from strategies.clinical import ClinicalMetricsMixin
+
+__all__ = ["ClinicalFedYogi"]
+
+
+class ClinicalFedYogi(ClinicalMetricsMixin, FedYogi):
+    """Flower's FedYogi (``eta`` = server learning rate)."""
