@@ -2,6 +2,7 @@
 `fedfusion site` commands. Never imports server code; only client/app.py imports Flower."""
 
 from client.dataset import ManifestDataset, make_loader
+from client.features import FeatureTransform, site_feature_transform
 from client.manifest import Manifest, ManifestError, ManifestProblem, load_manifest
 from client.sampler import ClassBalancedSampler
 from client.splits import SplitError, assign_splits
@@ -17,6 +18,8 @@ from client.train import (
 from client.transforms import eval_transforms, load_image, train_transforms
 
 __all__ = [
+    "FeatureTransform",
+    "site_feature_transform",
     "ClassBalancedSampler",
     "EvalResult",
     "Manifest",

@@ -207,6 +207,9 @@ def make_loader(
         batch_size=batch_size,
         shuffle=train and not balanced,
         sampler=sampler,
+        # A last training batch of one sample breaks BatchNorm ("Expected more than 1 value
+        # per channel"); drop it (a different row is left out each epoch).
+        drop_last=train and len(dataset) > 1 and len(dataset) % batch_size == 1,
         num_workers=num_workers,
         generator=torch.Generator().manual_seed(seed),
         worker_init_fn=_seed_worker if num_workers else None,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -247,11 +246,22 @@ class SiteSession:
         every round spends the same share; a site joining with a smaller budget than planned
         for still stops when its own budget is reached.
         """
-        n_train = len(self.manifest.rows("train"))
-        if n_train == 0:
+        # Uniform Poisson sampling: the accounting assumes every row has the same rate.
+        loader = make_loader(
+            self.manifest,
+            "train",
+            batch_size=rounds.batch_size,
+            train=True,
+            balanced=False,
+            seed=rounds.seed + 1000 * rounds.server_round,
+            num_workers=self.settings.num_workers,
+        )
+        # Opacus samples each row with rate 1 / len(loader) for len(loader) steps per epoch;
+        # plan with exactly the numbers its accountant will record.
+        steps_per_epoch = len(loader)
+        if steps_per_epoch == 0:
             raise PrivacyConfigError(f"site {self.site_id} has no training rows")
-        sample_rate = min(1.0, rounds.batch_size / n_train)
-        steps_per_epoch = max(1, math.floor(1 / sample_rate))
+        sample_rate = 1 / steps_per_epoch
         round_steps = steps_per_epoch * rounds.local_epochs
         noise = plan_noise_multiplier(
             budget, sample_rate=sample_rate, total_steps=round_steps * rounds.num_rounds
@@ -263,16 +273,6 @@ class SiteSession:
                 f"epsilon to {projected:.3f}, above the site's budget {budget.epsilon:g} "
                 f"(spent so far {ledger.spent(budget.delta):.3f}, delta {budget.delta:g})"
             )
-        # Uniform Poisson sampling: the accounting assumes every row has the same rate.
-        loader = make_loader(
-            self.manifest,
-            "train",
-            batch_size=rounds.batch_size,
-            train=True,
-            balanced=False,
-            seed=rounds.seed + 1000 * rounds.server_round,
-            num_workers=self.settings.num_workers,
-        )
         work = copy.deepcopy(self.model)  # Opacus adds hooks; keep the session's model clean
         optimizer = torch.optim.SGD(
             work.parameters(),

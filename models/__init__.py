@@ -18,6 +18,13 @@ from models.backbones import (
     make_dp_safe,
     norm_state_keys,
 )
+from models.clinical import (
+    ClinicalGRU,
+    ClinicalLogReg,
+    ClinicalMLP,
+    clinical_input_names,
+    clinical_input_width,
+)
 from models.factory import create_model_for_task, model_kwargs_for_task
 from models.losses import SoftmaxFocalLoss, build_focal_loss, class_balance_weights
 from models.metrics import (
@@ -30,9 +37,16 @@ from models.metrics import (
     summary_metrics,
 )
 from models.mufnet import MUFNet, SingleModalityNet
+from models.resnet_fusion import ResNetFusionNet
 from models.tasks import TaskSpec, get_task, list_tasks, register_task
 
 __all__ = [
+    "ClinicalGRU",
+    "ClinicalLogReg",
+    "ClinicalMLP",
+    "ResNetFusionNet",
+    "clinical_input_names",
+    "clinical_input_width",
     "MUFNet",
     "MetricsInputError",
     "ModelConfigError",

@@ -20,7 +20,7 @@ from flwr.serverapp.strategy import Strategy
 
 from models import create_model_for_task
 from models.tasks import TaskSpec
-from server.config import RunConfig
+from server.config import RunConfig, RunConfigError
 from server.store import RunRecorder
 from strategies.audit import AUDIT_FILE, AuditTrail, dp_settings
 from strategies.central_dp import UNIFORM_WEIGHT_KEY, with_central_dp
@@ -54,6 +54,11 @@ def run_federation(
     """Run FedAvg for ``num-server-rounds`` rounds over the nodes of ``grid``."""
     started = time.perf_counter()
     config = RunConfig.from_mapping(run_config)
+    if config.secagg:  # never fall back to sending updates in clear
+        raise RunConfigError(
+            "secagg=true needs the secure-aggregation apps: server.secagg_app:app with "
+            "client.secagg_app:app (docs/secure-aggregation.md)"
+        )
     task = config.task_spec()
     torch.manual_seed(config.seed)
     model = create_model_for_task(task, dp_safe=config.uses_dp_model)

@@ -131,10 +131,11 @@ def create_superlink_certificates(
     include_localhost: bool = False,
     days: int = 365,
     ca_days: int = 3650,
+    ca_dir: str | Path | None = None,
     organization: str = "fedfusion",
     force: bool = False,
 ) -> CertificateFiles:
-    """Create a CA and a SuperLink certificate signed by it; write four files into ``out_dir``.
+    """Create a CA and a SuperLink certificate signed by it; write them into ``out_dir``.
 
     Args:
         out_dir: folder for ``ca.crt``, ``ca.key``, ``server.pem``, ``server.key`` (created).
@@ -143,21 +144,26 @@ def create_superlink_certificates(
         include_localhost: also add ``localhost``, ``127.0.0.1`` and ``::1``. Default False
             (a production certificate should not be valid for loopback names).
         days: validity of the server certificate in days. Default 365.
-        ca_days: validity of the CA certificate in days. Default 3650.
-        organization: the organisation name in both subjects. Default ``"fedfusion"``.
+        ca_days: validity of a new CA certificate in days. Default 3650.
+        ca_dir: sign with the existing CA in this folder (``ca.crt``, ``ca.key``) instead of
+            creating one: renews the server certificate without sending sites a new
+            ``ca.crt``. ``ca.crt`` is copied to ``out_dir``; ``ca.key`` is not. Default None.
+        organization: the organisation name in the subjects. Default ``"fedfusion"``.
         force: overwrite existing files. Default False.
 
     Returns:
-        The written :class:`CertificateFiles`.
+        The written :class:`CertificateFiles` (``ca_key`` is the key used, in ``ca_dir``
+        when given).
 
     Raises:
-        CertificateError: listing every problem (bad host names, bad validity, files that
-            exist without ``force``).
+        CertificateError: listing every problem (bad host names, bad validity, an unusable
+            CA, files that exist without ``force``).
     """
     out = Path(out_dir)
+    ca_key_path = Path(ca_dir) / CA_KEY if ca_dir is not None else out / CA_KEY
     files = CertificateFiles(
         ca_cert=out / CA_CERT,
-        ca_key=out / CA_KEY,
+        ca_key=ca_key_path,
         server_cert=out / SERVER_CERT,
         server_key=out / SERVER_KEY,
         hosts=tuple(_san_hosts(hosts, include_localhost=include_localhost)),
@@ -173,104 +179,161 @@ def create_superlink_certificates(
             problems.append(str(err))
     if days < 1:
         problems.append(f"days must be >= 1, got {days}")
-    if ca_days < days:
+    ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None = None
+    if ca_dir is not None:
+        try:
+            ca = _load_ca(Path(ca_dir))
+        except CertificateError as err:
+            problems.append(str(err))
+    elif ca_days < days:
         problems.append(f"ca_days must be >= days ({days}), got {ca_days}")
-    existing = [
-        str(p)
-        for p in (files.ca_cert, files.ca_key, files.server_cert, files.server_key)
-        if p.exists()
-    ]
+    targets = [files.server_cert, files.server_key]
+    if ca_dir is None:
+        targets += [files.ca_cert, files.ca_key]
+    elif files.ca_cert.resolve() != (Path(ca_dir) / CA_CERT).resolve():
+        targets.append(files.ca_cert)
+    existing = [str(p) for p in targets if p.exists()]
     if existing and not force:
         problems.append(f"refusing to overwrite {', '.join(existing)} (use --force to replace)")
     if problems:
         raise CertificateError("cannot create certificates: " + "; ".join(problems))
 
     now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)  # tolerate clock skew
-    ca_key = ec.generate_private_key(_CURVE())
-    ca_name = x509.Name(
+    new_ca = ca is None
+    ca_cert, ca_key = ca or _new_ca(organization=organization, now=now, days=ca_days)
+    server_key = ec.generate_private_key(_CURVE())
+    server_cert = _server_certificate(
+        server_key, ca_cert, ca_key, sans=sans, common_name=files.hosts[0][:64],
+        organization=organization, now=now, days=days,
+    )  # fmt: skip
+    if ca_cert.not_valid_after_utc < server_cert.not_valid_after_utc:
+        _log.warning(
+            "the CA expires on %s, before the server certificate (%s)",
+            f"{ca_cert.not_valid_after_utc:%Y-%m-%d}",
+            f"{server_cert.not_valid_after_utc:%Y-%m-%d}",
+        )
+
+    out.mkdir(parents=True, exist_ok=True)
+    if new_ca:
+        _write_private_key(files.ca_key, ca_key)
+    if CA_CERT in {p.name for p in targets}:
+        _write_public(files.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM))
+    _write_private_key(files.server_key, server_key)
+    _write_public(files.server_cert, server_cert.public_bytes(serialization.Encoding.PEM))
+    _log.info("SuperLink certificates for %s written to %s", ", ".join(files.hosts), out)
+    return files
+
+
+def _new_ca(
+    *, organization: str, now: dt.datetime, days: int
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key = ec.generate_private_key(_CURVE())
+    name = x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
             x509.NameAttribute(NameOID.COMMON_NAME, f"{organization} federation CA"),
         ]
     )
-    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
-    ca_cert = (
+    cert = (
         x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now)
-        .not_valid_after(now + dt.timedelta(days=ca_days))
+        .not_valid_after(now + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(ca_ski, critical=False)
-        .sign(ca_key, hashes.SHA384())
+        .add_extension(_key_usage(cert_sign=True), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA384())
     )
+    return cert, key
 
-    server_key = ec.generate_private_key(_CURVE())
-    server_cert = (
+
+def _load_ca(folder: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """The CA in ``folder``, checked: readable, a CA, its key matches, still valid."""
+    try:
+        cert = x509.load_pem_x509_certificate((folder / CA_CERT).read_bytes())
+        key = serialization.load_pem_private_key((folder / CA_KEY).read_bytes(), None)
+    except (OSError, ValueError, TypeError) as err:
+        raise CertificateError(
+            f"expected {CA_CERT} and an unencrypted {CA_KEY} in {folder}: {err}"
+        ) from err
+    problems = []
+    try:
+        is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        is_ca = False
+    if not is_ca:
+        problems.append(f"{folder / CA_CERT} is not a CA certificate")
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or _spki(key.public_key()) != _spki(
+        cert.public_key()
+    ):
+        problems.append(f"{folder / CA_KEY} is not the key of {folder / CA_CERT}")
+    if cert.not_valid_after_utc <= dt.datetime.now(dt.UTC):
+        problems.append(f"{folder / CA_CERT} expired on {cert.not_valid_after_utc:%Y-%m-%d}")
+    if problems:
+        raise CertificateError("; ".join(problems))
+    return cert, key  # type: ignore[return-value]
+
+
+def _server_certificate(
+    key: ec.EllipticCurvePrivateKey,
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    *,
+    sans: list[x509.GeneralName],
+    common_name: str,
+    organization: str,
+    now: dt.datetime,
+    days: int,
+) -> x509.Certificate:
+    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+    return (
         x509.CertificateBuilder()
-        .subject_name(
-            x509.Name(
-                [
-                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
-                    x509.NameAttribute(NameOID.COMMON_NAME, files.hosts[0][:64]),
-                ]
-            )
-        )
-        .issuer_name(ca_name)
-        .public_key(server_key.public_key())
+        .subject_name(subject)
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now)
         .not_valid_after(now + dt.timedelta(days=days))
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(_key_usage(cert_sign=False), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(server_key.public_key()), critical=False
-        )
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
-            critical=False,
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False
         )
         .sign(ca_key, hashes.SHA384())
     )
 
-    out.mkdir(parents=True, exist_ok=True)
-    _write_private_key(files.ca_key, ca_key)
-    _write_public(files.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM))
-    _write_private_key(files.server_key, server_key)
-    _write_public(files.server_cert, server_cert.public_bytes(serialization.Encoding.PEM))
-    _log.info("SuperLink certificates for %s written to %s", ", ".join(files.hosts), out)
-    return files
+
+def _key_usage(*, cert_sign: bool) -> x509.KeyUsage:
+    """A CA signs certificates; an ECDSA server certificate only signs (the TLS handshake)."""
+    return x509.KeyUsage(
+        digital_signature=not cert_sign,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=cert_sign,
+        crl_sign=cert_sign,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def _spki(key: object) -> bytes:
+    return key.public_bytes(  # type: ignore[attr-defined]
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 def verify_server_certificate(
@@ -320,9 +383,7 @@ def verify_server_certificate(
         except (OSError, ValueError, TypeError) as err:
             problems.append(f"cannot read the private key {server_key}: {err}")
         else:
-            pub = serialization.PublicFormat.SubjectPublicKeyInfo
-            enc = serialization.Encoding.DER
-            if key.public_key().public_bytes(enc, pub) != cert.public_key().public_bytes(enc, pub):
+            if _spki(key.public_key()) != _spki(cert.public_key()):
                 problems.append(f"{server_key} is not the private key of {server_cert}")
     if host is not None:
         try:

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from models.tasks import TaskSpec, get_task
+from server.secagg_config import secagg_problems
 
 __all__ = ["RunConfig", "RunConfigError", "CLIENT_KEYS"]
 
@@ -88,6 +89,13 @@ class RunConfig:
     central_dp_noise_multiplier: float = 0.0
     central_dp_clipping_norm: float = 1.0
     central_dp_delta: float = 1e-5
+    # Secure aggregation (Flower's SecAgg+): the server sees only the sum of the updates.
+    secagg: bool = False
+    secagg_num_shares: int = 0  # 0 = every sampled site; else an odd number >= 3
+    secagg_reconstruction_threshold: float = 0.66  # fraction of the shares (> 0.5), or a count
+    secagg_clipping_range: float = 8.0  # each value (update x examples / max-weight) is clipped
+    secagg_quantization_range: int = 4194304  # 2**22 integer levels over the clipping range
+    secagg_max_weight: float = 1000.0  # the most examples one site may weigh in with
     strategy: str = "fedavg"  # fedavg | fedprox | fedbn | fedadam | fedyogi
     proximal_mu: float = 0.01  # FedProx
     server_lr: float = 0.01  # FedAdam / FedYogi server learning rate
@@ -205,6 +213,7 @@ class RunConfig:
                 "strategy fedbn cannot run with central DP: the DP wrapper needs every site to "
                 "send the same arrays, FedBN keeps normalisation layers local"
             )
+        problems += secagg_problems(self)
         if self.strategy == "fedprox" and self.proximal_mu == 0:
             _log.warning("strategy fedprox with proximal-mu 0 is FedAvg")
         try:

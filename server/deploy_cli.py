@@ -43,10 +43,12 @@ __all__ = [
     "IN_MEMORY_DATABASE",
     "TlsFiles",
     "build_superlink_command",
+    "check_superlink_certificate",
     "exec_command",
     "register",
     "run_certs",
     "run_start",
+    "runtime_host",
 ]
 
 #: Flower's default SuperLink port (all APIs on one HTTPS port).
@@ -161,6 +163,41 @@ def build_superlink_command(
     return command
 
 
+def runtime_host(bind_host: str) -> str:
+    """The address the SuperLink's own ServerApp runner dials for a given bind address.
+
+    ``flower-superlink`` starts ``flower-superexec``, which connects back over HTTPS to the
+    bind address with ``0.0.0.0`` / ``::`` replaced by ``127.0.0.1`` / ``::1``, and checks the
+    server certificate against that address (``flwr.supercore.address.resolve_bind_address``).
+    """
+    host = bind_host.strip("[]")
+    if _is_wildcard(host):
+        return "::1" if ":" in host else "127.0.0.1"
+    return host
+
+
+def check_superlink_certificate(tls: TlsFiles, *, host: str, port: int) -> list[str]:
+    """Every reason ``flower-superlink --host HOST`` would fail with these TLS files.
+
+    Beyond :func:`~server.certs.verify_server_certificate` (files, CA signature, key, dates),
+    the certificate must name :func:`runtime_host` of the bind address: otherwise the
+    SuperLink starts but no run ever executes (its runner fails certificate verification).
+    """
+    problems = verify_server_certificate(
+        ca_cert=tls.ca_cert, server_cert=tls.server_cert, server_key=tls.server_key
+    )
+    if problems:
+        return problems
+    dialled = runtime_host(host)
+    if verify_server_certificate(ca_cert=tls.ca_cert, server_cert=tls.server_cert, host=dialled):
+        problems.append(
+            f"the SuperLink's own ServerApp runner connects to {dialled}:{port} and checks the "
+            f"certificate, but {tls.server_cert} does not list {dialled}; re-create it with "
+            f"`fedfusion server certs --host ... --host {dialled}` (keep the CA with --ca DIR)"
+        )
+    return problems
+
+
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``server`` command group (``certs``, ``start``) to a root parser's subparsers.
 
@@ -184,7 +221,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         description=(
             f"Create a private CA ({CA_CERT}, ca.key) and a SuperLink certificate signed by it "
             f"({SERVER_CERT}, {SERVER_KEY}) valid for every --host. Give each site {CA_CERT}; "
-            "keep ca.key offline. Private keys are written with mode 0600."
+            "keep ca.key offline. Private keys are written with mode 0600. A SuperLink bound to "
+            "0.0.0.0 also needs --host 127.0.0.1 (its own ServerApp runner connects there)."
         ),
     )
     certs.add_argument(
@@ -204,6 +242,11 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     certs.add_argument(
         "--days", type=int, default=365, help="server certificate validity (default 365)"
     )
+    certs.add_argument(
+        "--ca", type=Path, metavar="DIR",
+        help=f"sign with the existing CA in DIR ({CA_CERT}, ca.key) instead of creating one: "
+        "renews the server certificate without giving sites a new CA certificate",
+    )  # fmt: skip
     certs.add_argument("--force", action="store_true", help="overwrite existing files")
     certs.set_defaults(func=run_certs, handler=run_certs)
 
@@ -275,6 +318,7 @@ def run_certs(args: argparse.Namespace) -> int:
             hosts=args.hosts,
             include_localhost=args.localhost,
             days=args.days,
+            ca_dir=args.ca,
             force=args.force,
         )
     except CertificateError as err:
@@ -285,9 +329,17 @@ def run_certs(args: argparse.Namespace) -> int:
         (files.ca_cert, "give to every site (--root-certificates) and to `flwr` connections"),
         (files.server_cert, "SuperLink --ssl-certfile"),
         (files.server_key, "SuperLink --ssl-keyfile (secret, mode 0600)"),
-        (files.ca_key, "signs server certificates only: move it offline (secret, mode 0600)"),
+        (files.ca_key, "signs server certificates only: keep it offline (secret, mode 0600)"),
     ):
         console.print(f"  {path}  {use}", markup=False, soft_wrap=True)
+    if "127.0.0.1" not in files.hosts:
+        console.print(
+            "note: 127.0.0.1 is not in the certificate: start the SuperLink with --host set to "
+            "one of the names above (with --host 0.0.0.0 its own runner connects to 127.0.0.1 "
+            "and `server start` refuses this certificate)",
+            markup=False,
+            soft_wrap=True,
+        )
     console.print(
         f"next: fedfusion server start --certs {shlex.quote(str(args.out))}",
         markup=False,
@@ -318,21 +370,10 @@ def run_start(args: argparse.Namespace) -> int:
         _error(err)
         return EXIT_REFUSED
     if tls is not None:
-        problems = verify_server_certificate(
-            ca_cert=tls.ca_cert, server_cert=tls.server_cert, server_key=tls.server_key
-        )
+        problems = check_superlink_certificate(tls, host=args.host, port=args.port)
         if problems:
             _error("refusing to start the SuperLink: " + "; ".join(problems))
             return EXIT_REFUSED
-        if not _is_wildcard(args.host) and verify_server_certificate(
-            ca_cert=tls.ca_cert, server_cert=tls.server_cert, host=args.host
-        ):
-            err_console.print(
-                f"warning: {tls.server_cert} does not name {args.host}; sites must connect "
-                "with a name the certificate lists",
-                style="yellow",
-                markup=False,
-            )
     if args.insecure:
         err_console.print(INSECURE_WARNING, style="bold red", markup=False, soft_wrap=True)
     elif not args.node_auth:

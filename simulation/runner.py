@@ -28,10 +28,12 @@ from client import app as client_app_module
 from models._options import look_up_option
 from server.app import FederationResult, run_federation
 from server.config import RunConfig
+from server.secagg_app import run_secure_federation
 from simulation.baselines import run_local, run_pooled, site_manifests
 from simulation.ckd import prepare_ckd_sites
 from simulation.results_schema import validate_results
 from simulation.scenario import Scenario
+from simulation.secagg import simulated_secagg_client
 from simulation.synthetic import generate_dual_center
 from simulation.synthetic_lymph import generate_lymph_node
 from strategies.central_dp import central_dp_epsilon
@@ -152,9 +154,15 @@ def _run_fedavg(
 
     outcome: dict[str, FederationResult] = {}
     server_app = ServerApp()
+    secure = RunConfig.from_mapping(run_config).secagg  # SecAgg+: legacy apps (server.secagg_app)
 
     @server_app.main()
     def _main(grid: Grid, context: Context) -> None:
+        if secure:
+            outcome["result"] = run_secure_federation(
+                grid, context, run_config=run_config, on_round_end=on_round_end
+            )
+            return
         outcome["result"] = run_federation(grid, run_config, on_round_end=on_round_end)
 
     init_args: dict[str, Any] = {"include_dashboard": False}
@@ -167,7 +175,9 @@ def _run_fedavg(
         init_args["logging_level"] = logging.ERROR
     run_simulation(
         server_app=server_app,
-        client_app=_simulated_client(manifest, sites, options.site_budget),
+        client_app=(simulated_secagg_client if secure else _simulated_client)(
+            manifest, sites, options.site_budget
+        ),
         num_supernodes=len(sites),
         backend_config={
             "client_resources": {"num_cpus": options.cpus_per_site, "num_gpus": 0.0},
@@ -201,6 +211,8 @@ def simulate(
     run_config.setdefault("min-train-nodes", len(sites))
     run_config.setdefault("min-available-nodes", len(sites))
     config = RunConfig.from_mapping(run_config)  # fail before starting Ray
+    for method in (m for m in methods if m in FEDERATED_METHODS):
+        RunConfig.from_mapping({**run_config, "strategy": method})  # e.g. secagg is FedAvg only
     task = config.task_spec()
 
     runs = []

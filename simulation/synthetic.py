@@ -21,19 +21,22 @@ carry independent evidence. A latent is squashed to an appearance score
 ``a = sigmoid(2.5 * (z - 0.5))`` in (0, 1) that drives the images:
 
 * **B-mode** (grey-scale echo): ``a_bmode`` sets the lesion's *echotexture heterogeneity*
-  (amplitude of a smooth random echogenicity field inside the lesion) and its *margin
-  irregularity* (amplitude of angular harmonics 3-7 deforming the lesion outline).
+  (amplitude of a smooth random echogenicity field inside the lesion, plus anechoic cystic /
+  necrotic foci whose area grows with ``a_bmode``) and its *margin irregularity* (amplitude
+  of angular harmonics 3-7 deforming the lesion outline).
 * **CEUS** (cortical-phase contrast): ``a_ceus`` sets *heterogeneous enhancement*, the size of
   a *non-enhancing (necrotic) core*, and *wash-out* (lesion enhancement falling below the
-  renal cortex). The enhancing outline is a smooth ellipse, so the B-mode margin cue does
+  renal parenchyma). The enhancing outline is a smooth ellipse, so the B-mode margin cue does
   not leak into CEUS.
 
 Anatomy and nuisance
 --------------------
-An image shows a kidney-like ellipse (cortex, medulla, echogenic central sinus) in darker
-surrounding tissue, and an elliptical lesion of random position, size, orientation and base
-echogenicity / enhancement (nuisances unrelated to grade, drawn per patient). B-mode carries
-multiplicative, spatially correlated Rayleigh speckle; CEUS a finer microbubble speckle. A
+An image shows a kidney-like ellipse (hypoechoic cortex, echogenic central sinus; on CEUS
+enhancing parenchyma and a non-enhancing sinus) in surrounding tissue (echogenic perirenal
+fat on B-mode, barely enhancing on CEUS), and an elliptical lesion of random position, size,
+orientation and base echogenicity / enhancement (nuisances unrelated to grade, drawn per
+patient). B-mode carries multiplicative, spatially correlated Rayleigh speckle (3 compounded
+looks, then log compression); CEUS a finer multiplicative microbubble noise. A
 patient has ``images_per_patient`` B-mode/CEUS pairs (one pair = one imaging plane): the
 pairs share the patient's latents, anatomy and lesion and differ by small shifts, rotations,
 scale, texture and speckle. Coordinates are relative to the image side, so ``image_size``
@@ -383,6 +386,7 @@ def _patient_ids(site_index: int, n: int, rng: np.random.Generator) -> list[str]
 
 
 def _appearance(z: float) -> float:
+    """Appearance score in (0, 1) of a latent evidence ``z`` (monotone, so no AUC is lost)."""
     return float(1.0 / (1.0 + math.exp(-_APPEARANCE_SLOPE * (z - _APPEARANCE_CENTRE))))
 
 

@@ -184,6 +184,7 @@ class AuditTrail:
         self._asked: list[int] = []
         self._global: ArrayRecord | None = None
         self._global_np: dict[str, np.ndarray] = {}
+        self._site_names: dict[int, str] = {}  # node id -> site, from earlier replies
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.path.write_text("")
@@ -227,11 +228,12 @@ class AuditTrail:
             reason = str(msg.error.reason or "")
             return SiteUpdate(
                 node_id=node_id,
-                site=str(node_id),
+                site=self._site_names.get(node_id, str(node_id)),
                 error_code=int(msg.error.code),
                 reason=reason[:_MAX_REASON] + ("..." if len(reason) > _MAX_REASON else ""),
             )
         update = SiteUpdate(node_id=node_id, site=site_of(msg))
+        self._site_names[node_id] = update.site
         content = msg.content
         for record in content.metric_records.values():
             if "num-examples" in record:

@@ -96,3 +96,24 @@ def test_non_finite_loss_stops_with_advice() -> None:
         train_local(
             model, DataLoader(data, batch_size=8), config=TrainConfig(), class_counts=[4, 4]
         )
+
+
+def test_a_last_batch_of_one_is_dropped_not_fatal(tmp_path) -> None:
+    from client.dataset import make_loader
+    from client.manifest import load_manifest
+    from models import create_model_for_task, get_task
+    from simulation.synthetic import generate_dual_center
+
+    manifest_path = generate_dual_center(
+        tmp_path, patients_per_site=(("a", 12),), images_per_patient=(1, 1), image_size=32, seed=0
+    )
+    task = get_task("rcc-grading").replace(backbone="test_efficientnet", image_size=32)
+    manifest = load_manifest(manifest_path, task)
+    n_train = len(manifest.rows("train"))
+    batch = n_train - 1  # leaves a last batch of exactly one row
+    loader = make_loader(manifest, "train", batch_size=batch, train=True)
+    model = create_model_for_task(task)
+    result = train_local(
+        model, loader, config=TrainConfig(), class_counts=manifest.class_counts("train")
+    )
+    assert result.num_steps == 1 and result.num_examples == batch

@@ -93,12 +93,15 @@ def test_server_certificate_is_signed_by_the_ca_with_exact_sans(certs: Certifica
     aki = server.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
     ski = ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     assert aki.key_identifier == ski.digest
-    assert verify_server_certificate(
-        ca_cert=certs.ca_cert,
-        server_cert=certs.server_cert,
-        server_key=certs.server_key,
-        host="10.1.2.3",
-    ) == []
+    assert (
+        verify_server_certificate(
+            ca_cert=certs.ca_cert,
+            server_cert=certs.server_cert,
+            server_key=certs.server_key,
+            host="10.1.2.3",
+        )
+        == []
+    )
 
 
 def test_localhost_names_only_when_asked(local_certs: CertificateFiles) -> None:
@@ -120,7 +123,7 @@ def test_verify_reports_each_problem(
         ca_cert=certs.ca_cert, server_cert=certs.server_cert, host="localhost"
     )
     assert any("is not valid for 'localhost'" in p for p in wrong_host)
-    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=400)
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=400)
     expired = verify_server_certificate(
         ca_cert=certs.ca_cert, server_cert=certs.server_cert, now=later
     )
@@ -148,8 +151,10 @@ def test_force_replaces(tmp_path: Path) -> None:
     assert stat.S_IMODE(second.server_key.stat().st_mode) == 0o600
 
 
-@pytest.mark.parametrize(("connect_as", "ok"), [("localhost", True), ("127.0.0.1", True),
-                                                ("superlink.example.org", False)])
+@pytest.mark.parametrize(
+    ("connect_as", "ok"),
+    [("localhost", True), ("127.0.0.1", True), ("superlink.example.org", False)],
+)
 def test_tls_handshake_with_python_ssl(
     local_certs: CertificateFiles, connect_as: str, ok: bool
 ) -> None:
@@ -194,3 +199,44 @@ def test_cli_certs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "refusing to overwrite" in capsys.readouterr().err
     assert main([*argv, "--force", "--localhost"]) == 0
     assert "localhost" in {str(n.value) for n in _sans(_load(out / "server.pem"))}
+
+
+def test_renew_with_the_existing_ca(certs: CertificateFiles, tmp_path: Path) -> None:
+    """A new server certificate from the old CA: sites keep their ca.crt."""
+    renewed = create_superlink_certificates(
+        tmp_path, hosts=["superlink.example.org"], ca_dir=certs.ca_cert.parent, days=30
+    )
+    assert renewed.ca_cert.read_bytes() == certs.ca_cert.read_bytes()
+    assert renewed.ca_key == certs.ca_key and not (tmp_path / "ca.key").exists()
+    assert (
+        verify_server_certificate(
+            ca_cert=certs.ca_cert, server_cert=renewed.server_cert, server_key=renewed.server_key
+        )
+        == []
+    )
+    assert _load(renewed.server_cert).serial_number != _load(certs.server_cert).serial_number
+    folder = tmp_path / "in-place"
+    folder.mkdir()
+    for name in ("ca.crt", "ca.key"):
+        (folder / name).write_bytes((certs.ca_cert.parent / name).read_bytes())
+    in_place = create_superlink_certificates(folder, hosts=["superlink.example.org"], ca_dir=folder)
+    assert in_place.ca_cert.read_bytes() == certs.ca_cert.read_bytes()
+    with pytest.raises(CertificateError, match="server.pem, .*server.key"):
+        create_superlink_certificates(folder, hosts=["superlink.example.org"], ca_dir=folder)
+    assert (
+        create_superlink_certificates(
+            folder, hosts=["superlink.example.org"], ca_dir=folder, force=True
+        ).ca_key
+        == folder / "ca.key"
+    )
+
+
+def test_renew_refuses_a_ca_that_is_not_one(certs: CertificateFiles, tmp_path: Path) -> None:
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "ca.crt").write_bytes(certs.server_cert.read_bytes())
+    (fake / "ca.key").write_bytes(certs.server_key.read_bytes())
+    with pytest.raises(CertificateError, match="is not a CA certificate"):
+        create_superlink_certificates(tmp_path / "out", hosts=["a.org"], ca_dir=fake)
+    with pytest.raises(CertificateError, match="expected ca.crt and an unencrypted ca.key"):
+        create_superlink_certificates(tmp_path / "out", hosts=["a.org"], ca_dir=tmp_path / "none")
