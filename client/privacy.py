@@ -51,11 +51,14 @@ class PrivacyBudget:
         epsilon: total epsilon the site allows for the run (> 0).
         delta: target delta (0 < delta < 1); should be well below 1 / training rows.
         max_grad_norm: per-sample gradient clipping norm (> 0). Default 1.0.
+        max_noise_multiplier: the site declines to train when its budget would need more
+            noise than this (the update would be noise, not learning). Default 10.
     """
 
     epsilon: float
     delta: float = 1e-5
     max_grad_norm: float = 1.0
+    max_noise_multiplier: float = 10.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -65,6 +68,8 @@ class PrivacyBudget:
             problems.append(f"dp-delta must be in (0, 1), got {self.delta}")
         if not self.max_grad_norm > 0:
             problems.append(f"dp-max-grad-norm must be > 0, got {self.max_grad_norm}")
+        if not self.max_noise_multiplier > 0:
+            problems.append(f"dp-max-noise-multiplier must be > 0, got {self.max_noise_multiplier}")
         if problems:
             raise PrivacyConfigError("invalid privacy budget: " + "; ".join(problems))
 
@@ -75,12 +80,15 @@ class PrivacyBudget:
             epsilon = float(config.get("dp-epsilon", 0) or 0)  # type: ignore[arg-type]
             delta = float(config.get("dp-delta", 0) or 1e-5)  # type: ignore[arg-type]
             clip = float(config.get("dp-max-grad-norm", 0) or 1.0)  # type: ignore[arg-type]
+            max_noise = float(config.get("dp-max-noise-multiplier", 0) or 10.0)  # type: ignore[arg-type]
         except (TypeError, ValueError) as err:
             raise PrivacyConfigError(f"{source}: DP settings must be numbers ({err})") from err
         if epsilon == 0:
             return None
         try:
-            return cls(epsilon=epsilon, delta=delta, max_grad_norm=clip)
+            return cls(
+                epsilon=epsilon, delta=delta, max_grad_norm=clip, max_noise_multiplier=max_noise
+            )
         except PrivacyConfigError as err:
             raise PrivacyConfigError(f"{source}: {err}") from err
 
@@ -97,6 +105,7 @@ def effective_budget(
         epsilon=min(site.epsilon, requested.epsilon),
         delta=min(site.delta, requested.delta),
         max_grad_norm=min(site.max_grad_norm, requested.max_grad_norm),
+        max_noise_multiplier=site.max_noise_multiplier,  # the site's own policy
     )
 
 
@@ -138,20 +147,25 @@ class PrivacyLedger:
 
 
 def plan_noise_multiplier(budget: PrivacyBudget, *, sample_rate: float, total_steps: int) -> float:
-    """Noise multiplier that spends exactly the budget over ``total_steps`` planned steps."""
+    """Noise multiplier that spends exactly the budget over ``total_steps`` planned steps
+    (``inf`` when no noise level Opacus searches can stay within it)."""
     if not 0 < sample_rate <= 1:
         raise PrivacyConfigError(f"sample rate must be in (0, 1], got {sample_rate}")
     if total_steps < 1:
         raise PrivacyConfigError(f"planned DP steps must be >= 1, got {total_steps}")
-    return float(
-        get_noise_multiplier(
-            target_epsilon=budget.epsilon,
-            target_delta=budget.delta,
-            sample_rate=sample_rate,
-            steps=total_steps,
-            accountant="rdp",
+    try:
+        return float(
+            get_noise_multiplier(
+                target_epsilon=budget.epsilon,
+                target_delta=budget.delta,
+                sample_rate=sample_rate,
+                steps=total_steps,
+                accountant="rdp",
+            )
         )
-    )
+    except ValueError as err:  # Opacus: "The privacy budget is too low."
+        _log.debug("no finite noise multiplier reaches the budget: %s", err)
+        return math.inf
 
 
 def make_private(

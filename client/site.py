@@ -266,6 +266,13 @@ class SiteSession:
         noise = plan_noise_multiplier(
             budget, sample_rate=sample_rate, total_steps=round_steps * rounds.num_rounds
         )
+        if noise > budget.max_noise_multiplier:
+            raise BudgetExhausted(
+                f"site {self.site_id} declines round {rounds.server_round}: a budget of epsilon "
+                f"{budget.epsilon:g} over {rounds.num_rounds} rounds needs noise multiplier "
+                f"{noise:.1f}, above the site's limit {budget.max_noise_multiplier:g} "
+                "(dp-max-noise-multiplier): the update would be mostly noise"
+            )
         projected = ledger.after(noise, sample_rate, round_steps).spent(budget.delta)
         if projected > budget.epsilon * (1 + 1e-3):
             raise BudgetExhausted(

@@ -12,7 +12,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, R
 from flwr.supercore.task_identity import TaskIdentity
 
 from client import app as client_app
-from models import create_model_for_task, get_task
+from models import create_model_for_task, get_task, norm_state_keys
 from server.config import RunConfig
 from simulation.synthetic import generate_dual_center
 
@@ -40,7 +40,18 @@ def _task_identity():
     yield
 
 
-def _config() -> ConfigRecord:
+# Every privacy / strategy option a reply can be produced under:
+# (name, run-config overrides, keys the strategy adds to the round config, site node config)
+OPTIONS = [
+    ("plain", {}, {}, {}),
+    ("local-dp", {"dp-safe-model": True}, {}, {"dp-epsilon": 5.0, "dp-delta": 1e-4}),
+    ("central-dp", {"dp-safe-model": True}, {"clipping_norm": 1.0}, {}),
+    ("fedbn", {}, {"keep-local-norm": True}, {}),
+    ("fedprox", {}, {"proximal-mu": 0.1}, {}),
+]
+
+
+def _config(run: dict | None = None, added: dict | None = None) -> ConfigRecord:
     config = RunConfig.from_mapping(
         {
             "backbone": "test_efficientnet",
@@ -48,14 +59,17 @@ def _config() -> ConfigRecord:
             "batch-size": 4,
             "score-bins": BINS,
             "learning-rate": 0.01,
+            **(run or {}),
         }
     ).client_config()
-    return ConfigRecord({**config, "server-round": 1})
+    return ConfigRecord({**config, "server-round": 1, **(added or {})})
 
 
-def _message(kind: str, arrays: ArrayRecord) -> Message:
+def _message(
+    kind: str, arrays: ArrayRecord, run: dict | None = None, added: dict | None = None
+) -> Message:
     msg = Message(
-        content=RecordDict({"arrays": arrays, "config": _config()}),
+        content=RecordDict({"arrays": arrays, "config": _config(run, added)}),
         dst_node_id=7,
         message_type=kind,
     )
@@ -63,19 +77,22 @@ def _message(kind: str, arrays: ArrayRecord) -> Message:
     return msg
 
 
-def _context(manifest: Path) -> Context:
+def _context(manifest: Path, node: dict | None = None) -> Context:
     return Context(
         run_id=1,
         node_id=7,
-        node_config={"data-path": str(manifest), "site-id": "a"},
+        node_config={"data-path": str(manifest), "site-id": "a", **(node or {})},
         state=RecordDict(),
         run_config={},
     )
 
 
-def _global_arrays() -> tuple[ArrayRecord, dict[str, torch.Tensor]]:
-    task = get_task("rcc-grading").replace(backbone="test_efficientnet", image_size=IMAGE_SIZE)
-    state = create_model_for_task(task).state_dict()
+def _task():
+    return get_task("rcc-grading").replace(backbone="test_efficientnet", image_size=IMAGE_SIZE)
+
+
+def _global_arrays(*, dp_safe: bool = False) -> tuple[ArrayRecord, dict[str, torch.Tensor]]:
+    state = create_model_for_task(_task(), dp_safe=dp_safe).state_dict()
     return ArrayRecord(state), state
 
 
@@ -105,13 +122,22 @@ def _check_metric_records(content: RecordDict, max_list: int) -> None:
         assert set(record) == {"site-id"}
 
 
-def test_train_reply_holds_only_model_arrays_and_scalars(site_manifest: Path) -> None:
-    arrays, state = _global_arrays()
-    reply = client_app.train(_message(MessageType.TRAIN, arrays), _context(site_manifest))
+@pytest.mark.parametrize(("name", "run", "added", "node"), OPTIONS, ids=[o[0] for o in OPTIONS])
+def test_train_reply_holds_only_model_arrays_and_scalars(
+    site_manifest: Path, name: str, run: dict, added: dict, node: dict
+) -> None:
+    arrays, state = _global_arrays(dp_safe=bool(run.get("dp-safe-model")))
+    # through the ClientApp object, so that its mods (central-DP clipping) run too
+    reply = client_app.app(
+        _message(MessageType.TRAIN, arrays, run, added), _context(site_manifest, node)
+    )
     assert not reply.has_error(), reply.error
     content = reply.content
     (sent,) = content.array_records.values()
-    assert set(sent) == set(state)
+    expected = set(state)
+    if name == "fedbn":  # normalisation layers stay at the site
+        expected -= norm_state_keys(create_model_for_task(_task()))
+    assert set(sent) == expected
     for key, array in sent.items():
         assert tuple(array.shape) == tuple(state[key].shape), key
         assert not (len(array.shape) >= 2 and array.shape[-2:] == (IMAGE_SIZE, IMAGE_SIZE)), key
@@ -145,3 +171,16 @@ def test_broken_site_replies_with_an_error_instead_of_crashing(tmp_path: Path) -
     reply = client_app.train(_message(MessageType.TRAIN, arrays), context)
     assert reply.has_error()
     assert "missing.png" in reply.error.reason and "row 2" in reply.error.reason
+
+
+def test_site_with_a_tiny_budget_declines_with_a_clear_reason(site_manifest: Path) -> None:
+    arrays, _ = _global_arrays(dp_safe=True)
+    reply = client_app.app(
+        _message(MessageType.TRAIN, arrays, {"dp-safe-model": True}),
+        _context(site_manifest, {"dp-epsilon": 0.001}),
+    )
+    assert reply.has_error()
+    assert reply.error.code == client_app.PRIVACY_BUDGET_EXHAUSTED
+    assert (
+        "declines round 1" in reply.error.reason and "dp-max-noise-multiplier" in reply.error.reason
+    )

@@ -37,7 +37,9 @@ BIN = Path(sys.executable).parent
 FEDFUSION = [sys.executable, "-m", "simulation.cli"]
 CONNECTION = "fedfusion-test"
 SITES = ("center-a", "center-b")
-RUN_TIMEOUT = 150  # seconds for `flwr run` (one tiny round; measured 40-130 s on 2 busy cores)
+RUN_TIMEOUT = (
+    300  # seconds for `flwr run` (two tiny rounds; one round measured 40-130 s on 2 busy cores)
+)
 
 
 def _free_port() -> int:
@@ -214,7 +216,7 @@ def test_tls_node_auth_deployment(deployment: tuple[_Processes, Path]) -> None:
 
     out = tmp / "out"
     run_config = (
-        "backbone='test_efficientnet' image-size=32 num-server-rounds=1 batch-size=4 "
+        "backbone='test_efficientnet' image-size=32 num-server-rounds=2 batch-size=4 "
         f"score-bins=10 local-epochs=1 out-dir='{out}'"
     )
     run = _flwr(procs.env, "run", str(REPO), CONNECTION, "--run-config", run_config, "--stream",
@@ -225,13 +227,14 @@ def test_tls_node_auth_deployment(deployment: tuple[_Processes, Path]) -> None:
     )
     assert (out / "history.json").is_file(), context
     history = json.loads((out / "history.json").read_text())
+    assert [r["round"] for r in history["rounds"]] == [1, 2], context
     final = history["rounds"][-1]
     assert sorted(final["train"]) == sorted(SITES), context
     assert sorted(final["sites"]) == sorted(SITES), context
     assert final["global"]["n"] == sum(final["sites"][s]["n"] for s in SITES)
 
     audit = [json.loads(line) for line in (out / "audit.jsonl").read_text().splitlines()]
-    assert len(audit) == 1 and sorted(audit[0]["answered"]) == sorted(SITES)
+    assert len(audit) == 2 and sorted(audit[0]["answered"]) == sorted(SITES)
     assert len(audit[0]["asked"]) == 2 and audit[0]["missing"] == [] and audit[0]["failed"] == []
     for site in SITES:
         entry = audit[0]["sites"][site]
