@@ -318,6 +318,14 @@ learning-rate = 0.05
 
 
 SITES = {"north", "south", "east"}
+TRAIN_SCALARS = {
+    "site-id",
+    "train-loss",
+    "train-seconds",
+    "train-steps",
+    "secagg-clipped-values",
+    "eval-seconds",
+}
 DROPOUT, DROPOUT_ROUND = "east", 2
 
 
@@ -497,6 +505,10 @@ def test_server_never_receives_a_site_update(secure_run: dict[str, Any]) -> None
         if msg.metadata.message_type == "train":
             # the mod clears every array record before the reply leaves the site
             assert all(len(record) == 0 for record in content.array_records.values())
+        for name in ("fitres.metrics", "evaluateres.metrics"):  # in clear: scalars only
+            for key, value in content.config_records.get(name, {}).items():
+                assert key in TRAIN_SCALARS or key.startswith(("summary-", "dp-")), key
+                assert isinstance(value, int | float | str), key
         configs = content.config_records.get(RECORD_KEY_CONFIGS, {})
         if Key.MASKED_PARAMETERS in configs:
             vector = [bytes_to_ndarray(b) for b in configs[Key.MASKED_PARAMETERS]]
