@@ -15,39 +15,21 @@ training (``models.losses``) and by the caller at inference (``logits.softmax(di
 from __future__ import annotations
 
 import os
-from typing import TypeVar
 
 import torch
 from torch import nn
 
+from models._heads import ClassifierHead, check_drop_rate, check_inputs, check_num_classes, finish
 from models._registry import ModelConfigError, register_model
-from models.backbones import backbone_out_features, create_backbone, dp_safety_problems
+from models.backbones import backbone_out_features, create_backbone
 
 __all__ = ["MUFNet", "SingleModalityNet", "mufnet", "single_modality"]
-
-_M = TypeVar("_M", bound=nn.Module)
-
-
-def _classifier(num_features: int, num_classes: int) -> nn.Module:
-    return nn.Linear(num_features, num_classes) if num_classes > 0 else nn.Identity()
-
-
-def _check_num_classes(num_classes: int) -> list[str]:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
-        return [f"num_classes must be an integer >= 0 (0 = no classifier), got {num_classes!r}"]
-    return []
-
-
-def _check_drop_rate(drop_rate: float) -> list[str]:
-    if not isinstance(drop_rate, int | float) or not 0 <= drop_rate < 1:
-        return [f"drop_rate must be in [0, 1), got {drop_rate!r}"]
-    return []
 
 
 def _fusion_problems(
     num_classes: int, drop_rate: float, num_modalities: int, attn_reduction: int
 ) -> list[str]:
-    problems = _check_num_classes(num_classes) + _check_drop_rate(drop_rate)
+    problems = check_num_classes(num_classes) + check_drop_rate(drop_rate)
     if isinstance(num_modalities, bool) or not isinstance(num_modalities, int):
         problems.append(f"num_modalities must be an integer >= 2, got {num_modalities!r}")
     elif num_modalities < 2:
@@ -62,20 +44,7 @@ def _fusion_problems(
     return problems
 
 
-def _check_inputs(model: str, xs: tuple[torch.Tensor, ...], expected: int) -> None:
-    if len(xs) != expected:
-        raise ValueError(
-            f"{model} takes {expected} image tensor(s), one (B, C, H, W) tensor per modality, "
-            f"got {len(xs)}"
-        )
-    shapes = [tuple(x.shape) for x in xs]
-    if any(len(s) != 4 for s in shapes) or len({s[0] for s in shapes}) != 1:
-        raise ValueError(
-            f"{model} needs 4-D (B, C, H, W) tensors with the same batch size B, got {shapes}"
-        )
-
-
-class MUFNet(nn.Module):
+class MUFNet(ClassifierHead):
     """Shared-weight multimodal fusion with adaptive per-sample modality weights.
 
     Args:
@@ -127,11 +96,10 @@ class MUFNet(nn.Module):
         self.attention = nn.Sequential(
             nn.Linear(self.num_features, hidden), nn.ReLU(), nn.Linear(hidden, 1)
         )
-        self.head_drop = nn.Dropout(drop_rate)
-        self.fc = _classifier(self.num_features, num_classes)
+        self._init_head(num_classes=num_classes, drop_rate=drop_rate)
 
     def _fuse(self, xs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-        _check_inputs("mufnet", xs, self.num_modalities)
+        check_inputs("mufnet", xs, self.num_modalities)
         if self.joint_batch:
             batch = xs[0].shape[0]
             joint = self.backbone(torch.cat(xs, dim=0))  # (M*B, D), modality-major
@@ -154,33 +122,8 @@ class MUFNet(nn.Module):
         """
         return self._fuse(xs)[1]
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Dropout + classifier on fused features ``(B, num_features)``.
 
-        Args:
-            x: fused features ``(B, num_features)``.
-            pre_logits: return the features after dropout instead of logits. Default False.
-        """
-        x = self.head_drop(x)
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
-        """Logits ``(B, num_classes)`` from one ``(B, C, H, W)`` tensor per modality."""
-        return self.forward_head(self.forward_features(*xs))
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the classifier with a fresh one for ``num_classes`` outputs (0 = none)."""
-        problems = _check_num_classes(num_classes)
-        if problems:
-            raise ModelConfigError(problems[0])
-        self.num_classes = num_classes
-        self.fc = _classifier(self.num_features, num_classes)
-
-
-class SingleModalityNet(nn.Module):
+class SingleModalityNet(ClassifierHead):
     """One backbone + dropout + FC: the study's single-modality baseline.
 
     Args:
@@ -194,7 +137,7 @@ class SingleModalityNet(nn.Module):
 
     def __init__(self, backbone: nn.Module, *, num_classes: int, drop_rate: float = 0.0) -> None:
         super().__init__()
-        problems = _check_num_classes(num_classes) + _check_drop_rate(drop_rate)
+        problems = check_num_classes(num_classes) + check_drop_rate(drop_rate)
         width = 0
         try:
             width = backbone_out_features(backbone)
@@ -206,41 +149,12 @@ class SingleModalityNet(nn.Module):
         self.num_features = width
         self.pretrained_cfg = dict(getattr(backbone, "pretrained_cfg", {}) or {})
         self.backbone = backbone
-        self.head_drop = nn.Dropout(drop_rate)
-        self.fc = _classifier(self.num_features, num_classes)
+        self._init_head(num_classes=num_classes, drop_rate=drop_rate)
 
     def forward_features(self, *xs: torch.Tensor) -> torch.Tensor:
         """Pooled features ``(B, num_features)`` from one ``(B, C, H, W)`` tensor."""
-        _check_inputs("single_modality", xs, 1)
+        check_inputs("single_modality", xs, 1)
         return self.backbone(xs[0])
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Dropout + classifier on features ``(B, num_features)``; ``pre_logits`` skips the FC."""
-        x = self.head_drop(x)
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
-        """Logits ``(B, num_classes)`` from one ``(B, C, H, W)`` tensor."""
-        return self.forward_head(self.forward_features(*xs))
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the classifier with a fresh one for ``num_classes`` outputs (0 = none)."""
-        problems = _check_num_classes(num_classes)
-        if problems:
-            raise ModelConfigError(problems[0])
-        self.num_classes = num_classes
-        self.fc = _classifier(self.num_features, num_classes)
-
-
-def _finish(model: _M, *, dp_safe: bool) -> _M:
-    if dp_safe:
-        problems = dp_safety_problems(model)
-        if problems:
-            raise ModelConfigError("DP-safe build is not DP-safe: " + "; ".join(problems))
-    return model
 
 
 @register_model
@@ -287,7 +201,7 @@ def mufnet(
         drop_rate=drop_rate,
         joint_batch=not dp_safe,
     )
-    return _finish(model, dp_safe=dp_safe)
+    return finish(model, dp_safe=dp_safe)
 
 
 @register_model
@@ -312,7 +226,7 @@ def single_modality(
         drop_rate: dropout on the pooled features before the FC. Default 0.0.
         drop_path_rate: backbone stochastic depth. Default 0.0.
     """
-    problems = _check_num_classes(num_classes) + _check_drop_rate(drop_rate)
+    problems = check_num_classes(num_classes) + check_drop_rate(drop_rate)
     if problems:
         raise ModelConfigError("cannot build single_modality: " + "; ".join(problems))
     net = create_backbone(
@@ -323,4 +237,4 @@ def single_modality(
         drop_path_rate=drop_path_rate,
     )
     model = SingleModalityNet(net, num_classes=num_classes, drop_rate=drop_rate)
-    return _finish(model, dp_safe=dp_safe)
+    return finish(model, dp_safe=dp_safe)

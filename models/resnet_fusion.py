@@ -21,15 +21,15 @@ import os
 import torch
 from torch import nn
 
+from models._heads import ClassifierHead, check_drop_rate, check_inputs, check_num_classes, finish
 from models._registry import ModelConfigError, register_model
 from models.backbones import backbone_out_features, create_backbone
-from models.mufnet import _check_drop_rate, _check_inputs, _check_num_classes, _classifier, _finish
 
 __all__ = ["ResNetFusionNet", "resnet_fusion"]
 
 
 def _fusion_problems(num_classes: int, drop_rate: float, num_modalities: int) -> list[str]:
-    problems = _check_num_classes(num_classes) + _check_drop_rate(drop_rate)
+    problems = check_num_classes(num_classes) + check_drop_rate(drop_rate)
     if isinstance(num_modalities, bool) or not isinstance(num_modalities, int):
         problems.append(f"num_modalities must be an integer >= 2, got {num_modalities!r}")
     elif num_modalities < 2:
@@ -40,7 +40,7 @@ def _fusion_problems(num_classes: int, drop_rate: float, num_modalities: int) ->
     return problems
 
 
-class ResNetFusionNet(nn.Module):
+class ResNetFusionNet(ClassifierHead):
     """One backbone per modality, concatenated pooled features, dropout, FC.
 
     Args:
@@ -76,42 +76,16 @@ class ResNetFusionNet(nn.Module):
         self.num_features = self.num_modalities * self.branch_features
         self.pretrained_cfg = dict(getattr(backbones[0], "pretrained_cfg", {}) or {})
         self.backbones = nn.ModuleList(backbones)
-        self.head_drop = nn.Dropout(drop_rate)
-        self.fc = _classifier(self.num_features, num_classes)
+        self._init_head(num_classes=num_classes, drop_rate=drop_rate)
 
     def modality_features(self, *xs: torch.Tensor) -> torch.Tensor:
         """Per-modality pooled features ``(B, M, D)`` from one ``(B, C, H, W)`` tensor each."""
-        _check_inputs("resnet_fusion", xs, self.num_modalities)
+        check_inputs("resnet_fusion", xs, self.num_modalities)
         return torch.stack([net(x) for net, x in zip(self.backbones, xs, strict=True)], dim=1)
 
     def forward_features(self, *xs: torch.Tensor) -> torch.Tensor:
         """Fused features ``(B, M * D)`` from one ``(B, C, H, W)`` tensor per modality."""
         return self.modality_features(*xs).flatten(1)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Dropout + classifier on fused features ``(B, num_features)``.
-
-        Args:
-            x: fused features ``(B, num_features)``.
-            pre_logits: return the features after dropout instead of logits. Default False.
-        """
-        x = self.head_drop(x)
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
-        """Logits ``(B, num_classes)`` from one ``(B, C, H, W)`` tensor per modality."""
-        return self.forward_head(self.forward_features(*xs))
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the classifier with a fresh one for ``num_classes`` outputs (0 = none)."""
-        problems = _check_num_classes(num_classes)
-        if problems:
-            raise ModelConfigError(problems[0])
-        self.num_classes = num_classes
-        self.fc = _classifier(self.num_features, num_classes)
 
 
 @register_model
@@ -154,4 +128,4 @@ def resnet_fusion(
         for _ in range(num_modalities)
     ]
     model = ResNetFusionNet(branches, num_classes=num_classes, drop_rate=drop_rate)
-    return _finish(model, dp_safe=dp_safe)
+    return finish(model, dp_safe=dp_safe)

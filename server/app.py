@@ -27,7 +27,7 @@ from strategies.central_dp import UNIFORM_WEIGHT_KEY, with_central_dp
 from strategies.factory import build_strategy
 from strategies.history import RoundRecord, RunHistory
 
-__all__ = ["app", "run_federation", "FederationResult"]
+__all__ = ["app", "run_federation", "FederationResult", "open_recorder", "compose", "write_outputs"]
 
 _log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def run_federation(
     task = config.task_spec()
     torch.manual_seed(config.seed)
     model = create_model_for_task(task, dp_safe=config.uses_dp_model)
-    recorder = _open_recorder(config, task)
+    recorder = open_recorder(config, task)
     strategy = build_strategy(
         config.strategy,
         proximal_mu=config.proximal_mu,
@@ -72,7 +72,7 @@ def run_federation(
         min_train_nodes=config.min_train_nodes,
         min_evaluate_nodes=config.min_train_nodes,
         min_available_nodes=config.min_available_nodes,
-        on_round_end=_compose(on_round_end, recorder.on_round_end if recorder else None),
+        on_round_end=compose(on_round_end, recorder.on_round_end if recorder else None),
     )
     strategy.audit = AuditTrail(  # type: ignore[attr-defined]  # strategies/audit.py
         path=Path(config.out_dir) / AUDIT_FILE if config.out_dir else None,
@@ -114,7 +114,7 @@ def run_federation(
             wall_seconds=time.perf_counter() - started,
         )
         if config.out_dir:
-            _write_outputs(outcome, Path(config.out_dir))
+            write_outputs(outcome, Path(config.out_dir))
     except BaseException as err:
         if recorder is not None:
             recorder.close(status="failed", error=f"{type(err).__name__}: {err}")
@@ -124,7 +124,7 @@ def run_federation(
     return outcome
 
 
-def _open_recorder(config: RunConfig, task: TaskSpec) -> RunRecorder | None:
+def open_recorder(config: RunConfig, task: TaskSpec) -> RunRecorder | None:
     """Add this run to the run store at ``db-url`` (None when no store is configured)."""
     if not config.db_url:
         return None
@@ -142,7 +142,7 @@ def _open_recorder(config: RunConfig, task: TaskSpec) -> RunRecorder | None:
     )
 
 
-def _compose(
+def compose(
     *callbacks: Callable[[RoundRecord], None] | None,
 ) -> Callable[[RoundRecord], None] | None:
     """One round callback that calls each given one in order (None when none is given)."""
@@ -172,7 +172,9 @@ def _checkpoint_fn(
     return _save
 
 
-def _write_outputs(outcome: FederationResult, out_dir: Path) -> None:
+def write_outputs(outcome: FederationResult, out_dir: Path) -> None:
+    """Write ``global_model.pt`` (final weights) and ``history.json`` (task, config, rounds,
+    wall time) into ``out_dir``, creating it if needed."""
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.save(outcome.final_state, out_dir / "global_model.pt")
     history = {

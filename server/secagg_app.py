@@ -24,7 +24,7 @@ from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.serverapp import Grid, ServerApp
 
 from models import create_model_for_task
-from server.app import FederationResult, _compose, _open_recorder, _write_outputs
+from server.app import FederationResult, compose, open_recorder, write_outputs
 from server.config import RunConfig
 from server.secagg_config import SECAGG_MODULUS
 from strategies.audit import AUDIT_FILE, AuditTrail, dp_settings
@@ -85,7 +85,7 @@ def run_secure_federation(
     torch.manual_seed(config.seed)
     model = create_model_for_task(task, dp_safe=config.uses_dp_model)
     initial = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
-    recorder = _open_recorder(config, task)
+    recorder = open_recorder(config, task)
 
     def _checkpoint(server_round: int, state: Mapping[str, np.ndarray]) -> None:
         if recorder is not None and recorder.checkpoint_dir is not None:
@@ -102,7 +102,7 @@ def run_secure_federation(
         evaluate_config=config.client_config(),
         quantization_range=config.secagg_quantization_range,
         modulus=SECAGG_MODULUS,
-        on_round_end=_compose(on_round_end, recorder.on_round_end if recorder else None),
+        on_round_end=compose(on_round_end, recorder.on_round_end if recorder else None),
         on_global=_checkpoint,
         audit=AuditTrail(
             path=Path(config.out_dir) / AUDIT_FILE if config.out_dir else None,
@@ -139,7 +139,7 @@ def run_secure_federation(
             wall_seconds=time.perf_counter() - started,
         )
         if config.out_dir:
-            _write_outputs(outcome, Path(config.out_dir))
+            write_outputs(outcome, Path(config.out_dir))
     except BaseException as err:
         if recorder is not None:
             recorder.close(status="failed", error=f"{type(err).__name__}: {err}")

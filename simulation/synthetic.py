@@ -66,7 +66,6 @@ from __future__ import annotations
 import csv
 import logging
 import math
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +73,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from scipy import ndimage
+
+from simulation._site_args import (
+    check_image_size,
+    check_images_per_patient,
+    check_seed,
+    is_real,
+    parse_sites,
+)
 
 __all__ = ["DEFAULT_PATIENTS_PER_SITE", "MANIFEST_COLUMNS", "generate_dual_center"]
 
@@ -91,9 +98,7 @@ _LATENT_NOISE_SD = 0.75
 _APPEARANCE_SLOPE = 2.5
 _APPEARANCE_CENTRE = 0.5
 _MIN_PER_CLASS = 2
-_MIN_IMAGE_SIZE = 16
 _SPECKLE_LOOKS = 3
-_SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 @dataclass(frozen=True)
@@ -263,62 +268,23 @@ def _validate(
 ) -> list[tuple[str, int]]:
     """Check every argument, collect all problems and raise one ValueError; return the sites."""
     problems: list[str] = []
-    sites: list[tuple[str, int]] = []
-    try:
-        items = (
-            list(patients_per_site.items())
-            if isinstance(patients_per_site, Mapping)
-            else [tuple(pair) for pair in patients_per_site]
-        )
-    except TypeError:
-        items = None
-    if items is None or any(len(pair) != 2 for pair in items):
-        problems.append(
-            f"patients_per_site must be a mapping or (site, n) pairs, got {patients_per_site!r}"
-        )
-    elif not items:
-        problems.append("patients_per_site must name at least one site, got none")
-    else:
-        seen: set[str] = set()
-        for name, n in items:
-            if not isinstance(name, str) or not _SITE_NAME.match(name):
-                problems.append(
-                    "site names must be non-empty and use only letters, digits, '.', '_' "
-                    f"and '-' (they become folder names), got {name!r}"
-                )
-            elif name in seen:
-                problems.append(f"site {name!r} is given twice in patients_per_site")
-            else:
-                seen.add(name)
-            if not _is_int(n) or n < 2 * _MIN_PER_CLASS:
-                problems.append(
-                    f"patients_per_site[{name!r}] must be an integer >= {2 * _MIN_PER_CLASS} "
-                    f"(at least {_MIN_PER_CLASS} patients per class), got {n!r}"
-                )
-            else:
-                sites.append((name, int(n)))
-    if (
-        not isinstance(images_per_patient, tuple | list)
-        or len(images_per_patient) != 2
-        or not all(_is_int(v) for v in images_per_patient)
-        or not 1 <= images_per_patient[0] <= images_per_patient[1]
-    ):
-        problems.append(
-            "images_per_patient must be (min, max) integers with 1 <= min <= max, got "
-            f"{images_per_patient!r}"
-        )
-    if not _is_int(image_size) or image_size < _MIN_IMAGE_SIZE:
-        problems.append(f"image_size must be an integer >= {_MIN_IMAGE_SIZE}, got {image_size!r}")
-    if not _is_real(high_grade_fraction) or not 0.0 < high_grade_fraction < 1.0:
+    sites = parse_sites(
+        patients_per_site,
+        min_per_class=_MIN_PER_CLASS,
+        n_classes=2,
+        problems=problems,
+    )
+    check_images_per_patient(images_per_patient, problems)
+    check_image_size(image_size, problems)
+    if not is_real(high_grade_fraction) or not 0.0 < high_grade_fraction < 1.0:
         problems.append(
             f"high_grade_fraction must be strictly between 0 and 1, got {high_grade_fraction!r}"
         )
-    if not _is_real(modality_signal) or modality_signal < 0:
+    if not is_real(modality_signal) or modality_signal < 0:
         problems.append(f"modality_signal must be a finite number >= 0, got {modality_signal!r}")
-    if not _is_real(scanner_shift) or scanner_shift < 0:
+    if not is_real(scanner_shift) or scanner_shift < 0:
         problems.append(f"scanner_shift must be a finite number >= 0, got {scanner_shift!r}")
-    if not _is_int(seed) or seed < 0:
-        problems.append(f"seed must be an integer >= 0, got {seed!r}")
+    check_seed(seed, problems)
     if problems:
         raise ValueError("invalid synthetic data settings:\n- " + "\n- ".join(problems))
     if modality_signal == 0:
@@ -327,18 +293,6 @@ def _validate(
             "null control (any AUC above chance means leakage)"
         )
     return sites
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)
-
-
-def _is_real(value: object) -> bool:
-    return (
-        isinstance(value, int | float | np.integer | np.floating)
-        and not isinstance(value, bool)
-        and math.isfinite(float(value))
-    )
 
 
 # --------------------------------------------------------------------------- cohort

@@ -62,7 +62,6 @@ from __future__ import annotations
 import csv
 import logging
 import math
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +69,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from scipy import ndimage
+
+from simulation._site_args import (
+    check_image_size,
+    check_images_per_patient,
+    check_seed,
+    is_real,
+    parse_sites,
+)
 
 __all__ = [
     "CLASSES",
@@ -117,9 +124,7 @@ _MEANS: dict[str, dict[str, tuple[float, float, float]]] = {
     "elasto": {"stiffness": (0.80, 0.45, 0.20), "patchiness": (0.70, 0.35, 0.20)},
 }
 _MIN_PER_CLASS = 2
-_MIN_IMAGE_SIZE = 16
 _SPECKLE_LOOKS = 3
-_SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 @dataclass(frozen=True)
@@ -231,18 +236,6 @@ def generate_lymph_node(
 # --------------------------------------------------------------------------- validation
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)
-
-
-def _is_real(value: object) -> bool:
-    return (
-        isinstance(value, int | float | np.integer | np.floating)
-        and not isinstance(value, bool)
-        and math.isfinite(float(value))
-    )
-
-
 def _validate(
     *,
     patients_per_site: Mapping[str, int] | Iterable[tuple[str, int]],
@@ -256,41 +249,12 @@ def _validate(
 ) -> list[tuple[str, int]]:
     """Check every argument, collect all problems and raise one ValueError; return the sites."""
     problems: list[str] = []
-    sites: list[tuple[str, int]] = []
-    try:
-        items = (
-            list(patients_per_site.items())
-            if isinstance(patients_per_site, Mapping)
-            else [tuple(pair) for pair in patients_per_site]
-        )
-    except TypeError:
-        items = None
-    if items is None or any(len(pair) != 2 for pair in items):
-        problems.append(
-            f"patients_per_site must be a mapping or (site, n) pairs, got {patients_per_site!r}"
-        )
-    elif not items:
-        problems.append("patients_per_site must name at least one site, got none")
-    else:
-        seen: set[str] = set()
-        for name, n in items:
-            if not isinstance(name, str) or not _SITE_NAME.match(name):
-                problems.append(
-                    "site names must be non-empty and use only letters, digits, '.', '_' "
-                    f"and '-' (they become folder names), got {name!r}"
-                )
-            elif name in seen:
-                problems.append(f"site {name!r} is given twice in patients_per_site")
-            else:
-                seen.add(name)
-            minimum = _MIN_PER_CLASS * len(CLASSES)
-            if not _is_int(n) or n < minimum:
-                problems.append(
-                    f"patients_per_site[{name!r}] must be an integer >= {minimum} "
-                    f"(at least {_MIN_PER_CLASS} patients per class), got {n!r}"
-                )
-            else:
-                sites.append((name, int(n)))
+    sites = parse_sites(
+        patients_per_site,
+        min_per_class=_MIN_PER_CLASS,
+        n_classes=len(CLASSES),
+        problems=problems,
+    )
     names = {name for name, _ in sites}
     for name, shares in dict(class_mix or {}).items():
         if name not in names:
@@ -302,34 +266,23 @@ def _validate(
         values = list(shares) if isinstance(shares, Sequence) else []
         if (
             len(values) != len(CLASSES)
-            or not all(_is_real(v) and v >= 0 for v in values)
+            or not all(is_real(v) and v >= 0 for v in values)
             or abs(sum(values) - 1.0) > 1e-6
         ):
             problems.append(
                 f"class_mix[{name!r}] must be {len(CLASSES)} shares >= 0 of "
                 f"({', '.join(CLASSES)}) summing to 1, got {shares!r}"
             )
-    if (
-        not isinstance(images_per_patient, tuple | list)
-        or len(images_per_patient) != 2
-        or not all(_is_int(v) for v in images_per_patient)
-        or not 1 <= images_per_patient[0] <= images_per_patient[1]
-    ):
-        problems.append(
-            "images_per_patient must be (min, max) integers with 1 <= min <= max, got "
-            f"{images_per_patient!r}"
-        )
-    if not _is_int(image_size) or image_size < _MIN_IMAGE_SIZE:
-        problems.append(f"image_size must be an integer >= {_MIN_IMAGE_SIZE}, got {image_size!r}")
+    check_images_per_patient(images_per_patient, problems)
+    check_image_size(image_size, problems)
     for key, value in (
         ("modality_signal", modality_signal),
         ("noise_sd", noise_sd),
         ("scanner_shift", scanner_shift),
     ):
-        if not _is_real(value) or value < 0:
+        if not is_real(value) or value < 0:
             problems.append(f"{key} must be a finite number >= 0, got {value!r}")
-    if not _is_int(seed) or seed < 0:
-        problems.append(f"seed must be an integer >= 0, got {seed!r}")
+    check_seed(seed, problems)
     if problems:
         raise ValueError("invalid synthetic lymph-node settings:\n- " + "\n- ".join(problems))
     if modality_signal == 0:
