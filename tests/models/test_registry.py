@@ -69,6 +69,8 @@ BAD_OPTION_CASES = [  # (kwargs for mufnet, texts that must all appear)
 def _inputs(model: nn.Module, *, batch: int = BATCH, seed: int = 0) -> tuple[torch.Tensor, ...]:
     """One image per modality, then a ``(B, F)`` feature tensor for models that take features."""
     gen = torch.Generator().manual_seed(seed)
+    if hasattr(model, "example_inputs"):  # bags, masks, ...: the model says what it takes
+        return tuple(model.example_inputs(batch=batch, image_size=SIZE, generator=gen))
     images = tuple(
         torch.randn(batch, 3, SIZE, SIZE, generator=gen) for _ in range(model.num_modalities)
     )
