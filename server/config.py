@@ -51,6 +51,7 @@ CLIENT_KEYS = (
     "dp-epsilon",
     "dp-delta",
     "dp-max-grad-norm",
+    "model-options",
 )
 
 
@@ -61,6 +62,7 @@ class RunConfig:
     task: str = "rcc-grading"
     backbone: str = ""
     image_size: int = 0
+    model_options: str = ""  # "key=value ..." over the task's model_kwargs (e.g. "top_k=2")
     num_server_rounds: int = 3
     local_epochs: int = 1
     batch_size: int = 16
@@ -217,7 +219,7 @@ class RunConfig:
         if self.strategy == "fedprox" and self.proximal_mu == 0:
             _log.warning("strategy fedprox with proximal-mu 0 is FedAvg")
         try:
-            get_task(self.task)
+            get_task(self.task).with_model_options(self.model_options)
         except ValueError as err:
             problems.append(str(err))
         if problems:
@@ -225,7 +227,8 @@ class RunConfig:
 
     def task_spec(self) -> TaskSpec:
         """The task preset with this run's backbone / image-size overrides applied."""
-        return get_task(self.task).replace(backbone=self.backbone, image_size=self.image_size)
+        task = get_task(self.task).replace(backbone=self.backbone, image_size=self.image_size)
+        return task.with_model_options(self.model_options)
 
     @property
     def uses_dp_model(self) -> bool:
