@@ -51,6 +51,7 @@ _BUILTIN_MODEL_MODULES: tuple[str, ...] = (
     "models.mufnet",
     "models.resnet_fusion",
     "models.clinical",
+    "models.cmusnet",
 )
 _builtins_loaded = False
 
