@@ -378,7 +378,13 @@ class _Checker:
             number = float(value)
         except ValueError:
             number = float("nan")
-        if number.is_integer() and 0 <= number < len(classes):
+        if _integer_classes(classes):
+            # classes named by integer label values ("0", "1" or "1", "2"): a label is a
+            # value (1.0 = "1"), never an index, else "0" could mean class "1"
+            allowed = f"{', '.join(repr(c) for c in classes)} (the label values)"
+            if number.is_integer() and str(int(number)) in classes:
+                return classes.index(str(int(number)))
+        elif number.is_integer() and 0 <= number < len(classes):
             return int(number)
         close = _close_matches(value, list(classes))
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
@@ -500,6 +506,11 @@ class _Checker:
             f"patient {patient!r} is in more than one split ({'; '.join(parts)}); "
             "keep all of a patient's rows in one split",
         )
+
+
+def _integer_classes(classes: tuple[str, ...]) -> bool:
+    """Whether every class name is an integer literal (``"0"``, ``"1"``, ``"-1"``)."""
+    return all(c.lstrip("-").isdigit() for c in classes)
 
 
 def _close_matches(name: str, choices: list[str]) -> list[str]:

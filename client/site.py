@@ -112,14 +112,16 @@ class RoundSettings:
         def get(key: str, default: object) -> object:
             return config.get(key, default)
 
-        task = (
-            get_task(str(get("task", "rcc-grading")))
-            .replace(
-                backbone=str(get("backbone", "")),
-                image_size=int(get("image-size", 0)),  # type: ignore[call-overload]
-            )
-            .with_model_options(str(get("model-options", "")))
+        task_json = str(get("task-json", ""))
+        base = (
+            TaskSpec.from_json(task_json, source="the server's task-json")
+            if task_json
+            else get_task(str(get("task", "rcc-grading")))
         )
+        task = base.replace(
+            backbone=str(get("backbone", "")),
+            image_size=int(get("image-size", 0)),  # type: ignore[call-overload]
+        ).with_model_options(str(get("model-options", "")))
         server_round = int(get("server-round", 1))  # type: ignore[call-overload]
         epochs = int(get("local-epochs", 1))  # type: ignore[call-overload]
         train = TrainConfig(

@@ -52,6 +52,7 @@ _BUILTIN_MODEL_MODULES: tuple[str, ...] = (
     "models.resnet_fusion",
     "models.clinical",
     "models.cmusnet",
+    "models.image_classifier",
 )
 _builtins_loaded = False
 

@@ -7,11 +7,26 @@ column per modality, and labels must be one of ``classes`` (or their integer ind
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from models._options import look_up_option
 
-__all__ = ["TaskSpec", "register_task", "get_task", "list_tasks"]
+__all__ = [
+    "TaskSpec",
+    "TaskDefinitionError",
+    "register_task",
+    "get_task",
+    "list_tasks",
+    "load_task_file",
+    "resolve_task",
+]
+
+
+class TaskDefinitionError(ValueError):
+    """A task definition (``task.json``, ``--task-json``) that cannot be read or is invalid."""
 
 
 @dataclass(frozen=True)
@@ -119,6 +134,76 @@ class TaskSpec:
         out["categories"] = {k: list(v) for k, v in self.categories.items()}
         return out
 
+    def to_json(self) -> str:
+        """The definition as one line of JSON (what ``task.json`` and ``task-json`` hold)."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, data: object, *, source: str = "task definition") -> TaskSpec:
+        """Build a task from :meth:`to_dict` output (e.g. a ``task.json`` file).
+
+        Args:
+            data: a mapping with the fields of :class:`TaskSpec`; ``name``, ``model`` and
+                ``classes`` are required, the others default as in the dataclass.
+            source: where the data came from, for error messages.
+
+        Raises:
+            TaskDefinitionError: listing every problem (unknown or missing keys, wrong types).
+        """
+        if not isinstance(data, dict):
+            raise TaskDefinitionError(
+                f"{source}: expected a JSON object, got {type(data).__name__}"
+            )
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        problems = [f"unknown key {key!r}" for key in sorted(set(data) - set(known))]
+        problems += [
+            f"missing key {key!r}" for key in ("name", "model", "classes") if key not in data
+        ]
+        values: dict[str, object] = {}
+        for key, value in data.items():
+            if key not in known:
+                continue
+            if key in ("modalities", "classes", "features", "bags"):
+                if not isinstance(value, list | tuple) or not all(
+                    isinstance(v, str) and v for v in value
+                ):
+                    problems.append(f"{key!r} must be a list of non-empty strings, got {value!r}")
+                    continue
+                value = tuple(value)
+            elif key in ("image_size", "in_chans"):
+                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                    problems.append(f"{key!r} must be an integer >= 0, got {value!r}")
+                    continue
+            elif key in ("model_kwargs", "categories"):
+                if not isinstance(value, dict):
+                    problems.append(f"{key!r} must be an object, got {value!r}")
+                    continue
+                value = dict(value)
+            elif not isinstance(value, str):
+                problems.append(f"{key!r} must be a string, got {value!r}")
+                continue
+            values[key] = value
+        if "classes" in values and len(values["classes"]) < 2:  # type: ignore[arg-type]
+            problems.append(f"'classes' needs at least 2 classes, got {data['classes']!r}")
+        if problems:
+            raise TaskDefinitionError(f"{source}: " + "; ".join(problems))
+        values.setdefault("modalities", ())
+        values.setdefault("image_size", 0)
+        values.setdefault("backbone", "")
+        try:
+            return cls(**values)  # type: ignore[arg-type]
+        except ValueError as err:
+            raise TaskDefinitionError(f"{source}: {err}") from err
+
+    @classmethod
+    def from_json(cls, text: str, *, source: str = "task-json") -> TaskSpec:
+        """Build a task from :meth:`to_json` text (see :meth:`from_dict`)."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise TaskDefinitionError(f"{source}: not valid JSON: {err}") from err
+        return cls.from_dict(data, source=source)
+
 
 def _option_value(text: str) -> object:
     if text.lower() in ("true", "false"):
@@ -148,6 +233,40 @@ def get_task(name: str) -> TaskSpec:
 
 def list_tasks() -> list[str]:
     return sorted(_TASKS)
+
+
+def load_task_file(path: str | os.PathLike[str]) -> TaskSpec:
+    """Read an ad-hoc task definition written by ``fedfusion simulate`` (``task.json``).
+
+    Raises:
+        TaskDefinitionError: the file is missing, not JSON, or not a valid task.
+    """
+    file = Path(path).expanduser()
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as err:
+        raise TaskDefinitionError(f"cannot read task definition {str(file)!r}: {err}") from err
+    return TaskSpec.from_json(text, source=str(file))
+
+
+def resolve_task(
+    name: str | None = None, task_json: str | os.PathLike[str] | None = None
+) -> TaskSpec:
+    """The task a command works on: a preset ``name`` or a ``task.json`` file (not both).
+
+    Raises:
+        TaskDefinitionError: both or neither given, or the file is invalid.
+        UnknownOptionError: an unknown preset name (with "did you mean").
+    """
+    if task_json and name:
+        raise TaskDefinitionError(
+            "give a task preset (--task) or a task file (--task-json), not both"
+        )
+    if task_json:
+        return load_task_file(task_json)
+    if not name:
+        raise TaskDefinitionError("no task: give a preset with --task or a file with --task-json")
+    return get_task(name)
 
 
 register_task(
