@@ -50,6 +50,11 @@ class TaskSpec:
             feature is numeric. A feature with 2 levels becomes one 0/1 input (1 = the second
             level), one with more levels a one-hot block (see ``models.clinical``). Levels are
             declared, not learned, so every site builds the same input width.
+        bags: the modalities that hold a bag of images per row (a folder or ``;``-separated
+            paths in the manifest cell, e.g. the electron-microscopy fields of one biopsy); the
+            dataset gives them as ``(N, C, S, S)`` per row and the loader pads them to
+            ``(B, N_max, C, S, S)`` followed by a ``(B, N_max)`` bool mask. Every other
+            modality takes exactly one image per row.
     """
 
     name: str
@@ -63,9 +68,14 @@ class TaskSpec:
     description: str = ""
     model_kwargs: dict[str, object] = field(default_factory=dict, hash=False, compare=False)
     categories: dict[str, tuple[str, ...]] = field(default_factory=dict, hash=False)
+    bags: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        problems = []
+        problems = [
+            f"bags names {name!r}, which is not one of the modalities"
+            for name in self.bags
+            if name not in self.modalities
+        ]
         levels: dict[str, tuple[str, ...]] = {}
         for name, values in dict(self.categories).items():
             if name not in self.features:
@@ -86,6 +96,7 @@ class TaskSpec:
         if problems:
             raise ValueError(f"task {self.name!r}: " + "; ".join(problems))
         object.__setattr__(self, "categories", levels)
+        object.__setattr__(self, "bags", tuple(self.bags))
 
     @property
     def num_classes(self) -> int:
@@ -98,7 +109,7 @@ class TaskSpec:
 
     def to_dict(self) -> dict[str, object]:
         out = dataclasses.asdict(self)
-        for key in ("modalities", "classes", "features"):
+        for key in ("modalities", "classes", "features", "bags"):
             out[key] = list(out[key])
         out["categories"] = {k: list(v) for k, v in self.categories.items()}
         return out

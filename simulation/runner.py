@@ -238,7 +238,13 @@ def simulate(
 
         outcome = _run_fedavg(method_config, manifest, sites, options, _round_done)
         runs.append(
-            _run_entry(method, outcome.history, time.perf_counter() - started, outcome.config)
+            _run_entry(
+                method,
+                outcome.history,
+                time.perf_counter() - started,
+                outcome.config,
+                central_dp=outcome.central_dp,
+            )
         )
 
     results = {
@@ -285,7 +291,12 @@ def _run_baseline(
 
 
 def _run_entry(
-    method: str, history: RunHistory, wall_seconds: float, config: RunConfig
+    method: str,
+    history: RunHistory,
+    wall_seconds: float,
+    config: RunConfig,
+    *,
+    central_dp: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     rounds = [r.to_results() for r in history.rounds]
     last = history.last
@@ -309,15 +320,20 @@ def _run_entry(
     }
     if spent:
         entry["epsilon"] = spent  # the last round each site trained in
-    if config.central_dp:
+    if config.central_dp:  # the server's accountant: per round and cumulative epsilon
         entry["central_dp"] = {
-            "noise_multiplier": config.central_dp_noise_multiplier,
             "clipping_norm": config.central_dp_clipping_norm,
-            "delta": config.central_dp_delta,
-            "epsilon": central_dp_epsilon(
-                noise_multiplier=config.central_dp_noise_multiplier,
-                rounds=len(history.rounds),
-                delta=config.central_dp_delta,
+            **(
+                central_dp
+                or {
+                    "noise_multiplier": config.central_dp_noise_multiplier,
+                    "delta": config.central_dp_delta,
+                    "epsilon": central_dp_epsilon(
+                        noise_multiplier=config.central_dp_noise_multiplier,
+                        rounds=len(history.rounds),
+                        delta=config.central_dp_delta,
+                    ),
+                }
             ),
         }
     return entry
