@@ -26,6 +26,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from client import app as client_app_module
 from models._options import look_up_option
+from models.tasks import TaskSpec
 from server.app import FederationResult, run_federation
 from server.config import RunConfig
 from server.secagg_app import run_secure_federation
@@ -72,6 +73,8 @@ class SimulationOptions:
         site_budget: DP settings every simulated site gets as its own node config
             (``dp-epsilon``, ``dp-delta``, ``dp-max-grad-norm``); empty = no local DP.
         site_epsilon: one site's own ``dp-epsilon`` (by site name), over ``site_budget``.
+        task: an ad-hoc task (``simulation.adhoc``) replacing the scenario's preset; it
+            travels to the sites in the ``task-json`` run-config key. Default None.
     """
 
     out_dir: Path
@@ -86,6 +89,7 @@ class SimulationOptions:
     verbose: bool = False
     site_budget: Mapping[str, float] | None = None
     site_epsilon: Mapping[str, float] | None = None
+    task: TaskSpec | None = None
 
     def per_site(self, sites: Sequence[str]) -> dict[str, dict[str, float]]:
         """Node-config overrides of single sites; refuses names that are not ``sites``."""
@@ -221,6 +225,8 @@ def simulate(
     sites = _sites_of(manifest)
     run_config: dict[str, Any] = {**scenario.run, "task": scenario.task, "seed": options.seed}
     run_config.update(options.overrides or {})
+    if options.task is not None:
+        run_config.update({"task": options.task.name, "task-json": options.task.to_json()})
     if options.rounds is not None:
         run_config["num-server-rounds"] = options.rounds
     options.per_site(sites)  # unknown site names fail before anything starts
@@ -232,6 +238,8 @@ def simulate(
     for method in (m for m in methods if m in FEDERATED_METHODS):
         RunConfig.from_mapping({**run_config, "strategy": method})  # e.g. secagg is FedAvg only
     task = config.task_spec()
+    # the task as run (preset or ad-hoc, with overrides): `fedfusion site check --task-json`
+    (out_dir / "task.json").write_text(task.to_json() + "\n", encoding="utf-8")
 
     runs = []
     for method in methods:
