@@ -188,10 +188,10 @@ def grad_sample_mode_for(model: nn.Module) -> str:
     """Opacus' per-sample gradient mode for ``model``: ``"ew"`` (expanded weights) when every
     module holding trainable parameters is a layer type it supports, else ``"hooks"``.
 
-    ``benchmarks/dp_cost.py`` measures the modes on the MUF-Net model: expanded weights ran a
-    DP-SGD epoch fastest (about 3.5x a plain epoch, against 4.9x with hooks and 6.5x with
-    functorch, on 2 loaded CPU cores) and gives the same per-sample gradients; recurrent
-    layers (Opacus' DPGRU) need hooks.
+    ``benchmarks/dp_cost.py`` measures the modes on the DP-safe MUF-Net: expanded weights ran
+    a DP-SGD epoch fastest in every run (e.g. 1.8x a plain epoch, against 2.0x with hooks and
+    2.8x with functorch, on 2 heavily loaded CPU cores) with the same per-sample gradients
+    (tests/client/test_privacy.py); recurrent layers (Opacus' DPGRU) need hooks.
     """
     for module in model.modules():
         if not any(p.requires_grad for p in module.parameters(recurse=False)):
