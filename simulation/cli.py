@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import shlex
 import sys
 from collections.abc import Sequence
@@ -40,6 +41,23 @@ def _parse_overrides(pairs: Sequence[str]) -> dict[str, object]:
             if not sep or not key:
                 raise SystemExit(f"--run-config expects key=value, got {item!r}")
             out[key.strip()] = _parse_value(value.strip())
+    return out
+
+
+def _parse_site_epsilon(values: list[str]) -> dict[str, float]:
+    """``["center-b=0.5", ...]`` -> ``{"center-b": 0.5}`` (``--site-dp-epsilon``)."""
+    out: dict[str, float] = {}
+    for value in values:
+        site, sep, number = value.partition("=")
+        try:
+            epsilon = float(number)
+        except ValueError:
+            epsilon = math.nan
+        if not sep or not site.strip() or not epsilon > 0:
+            raise SystemExit(
+                f"--site-dp-epsilon expects SITE=EPSILON with EPSILON > 0, got {value!r}"
+            )
+        out[site.strip()] = epsilon
     return out
 
 
@@ -90,6 +108,13 @@ def _add_simulate(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--dp-epsilon", type=float, help="give every simulated site this DP budget (local DP-SGD)"
+    )
+    p.add_argument(
+        "--site-dp-epsilon",
+        action="append",
+        default=[],
+        metavar="SITE=E",
+        help="one simulated site's own DP budget, over --dp-epsilon (repeatable)",
     )
     p.add_argument(
         "--dp-delta", type=float, default=1e-5, help="delta of the sites' DP budget (default 1e-5)"
@@ -164,6 +189,7 @@ def _run_simulate(args: argparse.Namespace) -> int:
             if args.dp_epsilon
             else None
         ),
+        site_epsilon=_parse_site_epsilon(args.site_dp_epsilon),
     )
     planned = args.rounds or int(scenario.run.get("num-server-rounds", 3))
     _console.print(f"[bold]fedfusion simulate[/] {scenario.name}: {scenario.description}")

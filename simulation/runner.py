@@ -34,7 +34,7 @@ from simulation.baselines import run_local, run_pooled, site_manifests
 from simulation.ckd import prepare_ckd_sites
 from simulation.results_schema import validate_results
 from simulation.scenario import Scenario
-from simulation.secagg import simulated_secagg_client
+from simulation.secagg import as_site, simulated_secagg_client
 from simulation.synthetic import generate_dual_center
 from simulation.synthetic_biopsy import generate_biopsy
 from simulation.synthetic_lymph import generate_lymph_node
@@ -74,6 +74,7 @@ class SimulationOptions:
         ray_address: an existing Ray cluster to join instead of starting one.
         site_budget: DP settings every simulated site gets as its own node config
             (``dp-epsilon``, ``dp-delta``, ``dp-max-grad-norm``); empty = no local DP.
+        site_epsilon: one site's own ``dp-epsilon`` (by site name), over ``site_budget``.
         task: an ad-hoc task (``simulation.adhoc``) replacing the scenario's preset; it
             travels to the sites in the ``task-json`` run-config key. Default None.
     """
@@ -89,7 +90,23 @@ class SimulationOptions:
     ray_address: str | None = None
     verbose: bool = False
     site_budget: Mapping[str, float] | None = None
+    site_epsilon: Mapping[str, float] | None = None
     task: TaskSpec | None = None
+
+    def per_site(self, sites: Sequence[str]) -> dict[str, dict[str, float]]:
+        """Node-config overrides of single sites; refuses names that are not ``sites``."""
+        unknown = sorted(set(self.site_epsilon or {}) - set(sites))
+        if unknown:
+            raise ValueError(
+                f"--site-dp-epsilon names {', '.join(unknown)}, which is not a site of this "
+                f"simulation (sites: {', '.join(sites)})"
+            )
+        return {site: {"dp-epsilon": float(e)} for site, e in (self.site_epsilon or {}).items()}
+
+    @property
+    def local_dp(self) -> bool:
+        """Whether any simulated site trains with a DP budget."""
+        return bool(self.site_budget or self.site_epsilon)
 
 
 def prepare_data(scenario: Scenario, out_dir: Path, *, seed: int) -> Path:
@@ -120,20 +137,20 @@ def _sites_of(manifest: Path) -> list[str]:
 
 
 def _simulated_client(
-    manifest: Path, sites: Sequence[str], site_budget: Mapping[str, float] | None = None
+    manifest: Path,
+    sites: Sequence[str],
+    site_budget: Mapping[str, float] | None = None,
+    *,
+    per_site: Mapping[str, Mapping[str, float]] | None = None,
 ) -> ClientApp:
     """The real ClientApp functions, given the node config a real site would pass."""
     app = ClientApp()
     site_list = list(sites)
-    data_path = str(manifest)
-    budget = dict(site_budget or {})
 
     def _as_site(context: Context) -> Context:
-        partition = int(context.node_config["partition-id"])
-        context.node_config["data-path"] = data_path
-        context.node_config["site-id"] = site_list[partition]
-        context.node_config.update(budget)
-        return context
+        return as_site(
+            context, manifest=manifest, sites=site_list, site_budget=site_budget, per_site=per_site
+        )
 
     @app.train(mods=client_app_module.TRAIN_MODS)
     def _train(msg: Message, context: Context) -> Message:
@@ -182,7 +199,7 @@ def _run_fedavg(
     run_simulation(
         server_app=server_app,
         client_app=(simulated_secagg_client if secure else _simulated_client)(
-            manifest, sites, options.site_budget
+            manifest, sites, options.site_budget, per_site=options.per_site(sites)
         ),
         num_supernodes=len(sites),
         backend_config={
@@ -214,7 +231,8 @@ def simulate(
         run_config.update({"task": options.task.name, "task-json": options.task.to_json()})
     if options.rounds is not None:
         run_config["num-server-rounds"] = options.rounds
-    if options.site_budget:
+    options.per_site(sites)  # unknown site names fail before anything starts
+    if options.local_dp:
         run_config["dp-safe-model"] = True  # sites with a DP budget need a GroupNorm model
     run_config.setdefault("min-train-nodes", len(sites))
     run_config.setdefault("min-available-nodes", len(sites))
@@ -246,6 +264,7 @@ def simulate(
                 time.perf_counter() - started,
                 outcome.config,
                 central_dp=outcome.central_dp,
+                dp_sites=sites if options.site_budget else list(options.site_epsilon or {}),
             )
         )
 
@@ -277,7 +296,7 @@ def _run_baseline(
     options: SimulationOptions,
     on_round_end: Callable[[str, RoundRecord], None] | None,
 ) -> list[dict[str, Any]]:
-    if options.site_budget or config.central_dp:
+    if options.local_dp or config.central_dp:
         raise ValueError(f"method {method!r} has no DP variant; run it without DP options")
     torch.set_num_threads(options.cpus or os.cpu_count() or 1)
     manifests = site_manifests(manifest, sites, config)
@@ -299,6 +318,7 @@ def _run_entry(
     config: RunConfig,
     *,
     central_dp: Mapping[str, Any] | None = None,
+    dp_sites: Sequence[str] = (),
 ) -> dict[str, Any]:
     rounds = [r.to_results() for r in history.rounds]
     last = history.last
@@ -313,7 +333,9 @@ def _run_entry(
         "final": final,
         "wall_seconds": wall_seconds,
     }
-    spent = {
+    # a site with a budget that declined every round has spent nothing
+    spent: dict[str, float] = dict.fromkeys(dp_sites, 0.0)
+    spent |= {
         site: metrics["dp-epsilon-spent"]
         for record in history.rounds
         for site, metrics in record.train.items()
