@@ -23,9 +23,10 @@ from collections.abc import Iterable
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.common.constant import SType
 from flwr.serverapp.strategy import FedAvg
 
-__all__ = ["RunningMean", "StreamingFedAvg", "fedavg_arrays", "array_view"]
+__all__ = ["RunningMean", "StreamingFedAvg", "fedavg_arrays", "array_view", "array_from_numpy"]
 
 
 def array_view(array: Array) -> np.ndarray:
@@ -49,6 +50,17 @@ def array_view(array: Array) -> np.ndarray:
         return array.numpy()
     count = int(np.prod(shape, dtype=np.int64))
     return np.frombuffer(data, dtype=dtype, count=count, offset=buffer.tell()).reshape(shape)
+
+
+def array_from_numpy(value: np.ndarray) -> Array:
+    """``Array(value)`` with one copy of the data instead of Flower's two (``np.save`` into a
+    BytesIO, then ``getvalue``); the bytes are the same ``.npy`` payload."""
+    if not value.flags.c_contiguous:
+        value = value.copy(order="C")  # (ascontiguousarray would make 0-d arrays 1-d)
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(value))
+    data = b"".join([header.getvalue(), value.reshape(-1).view(np.uint8)])
+    return Array(dtype=str(value.dtype), shape=tuple(value.shape), stype=SType.NUMPY, data=data)
 
 
 def _sum_dtype(dtype: np.dtype) -> np.dtype:
@@ -110,6 +122,7 @@ class RunningMean:
             scratch = self._scratch_for(total.dtype, total.size).reshape(total.shape)
             np.multiply(value, factor, out=scratch, dtype=total.dtype, casting="same_kind")
             np.add(total, scratch, out=total)
+        del value  # the view keeps the message's bytes alive
         self._seen += weight
         self._count += 1
 
@@ -133,7 +146,7 @@ class RunningMean:
             value = self._sum.pop(key)
             if divisor is not None:
                 np.divide(value, divisor, out=value, casting="unsafe")
-            out[key] = Array(value)
+            out[key] = array_from_numpy(value)
             del value
         self._count = 0
         return ArrayRecord(out)
