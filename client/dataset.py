@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import MutableMapping
 
 import numpy as np
 import torch
@@ -42,6 +43,9 @@ class ManifestDataset(Dataset):
         seed: seed of the augmentation; ``None`` draws from NumPy's global state. Default None.
         feature_transform: preprocessing of the clinical features; default the one fitted on
             this manifest's training rows (:func:`client.features.site_feature_transform`).
+        image_cache: a mapping to keep decoded images in instead of a new one, so that
+            loaders over the same split of the same manifest share it (a site reuses it across
+            rounds); implies ``cache_decoded``. Default None.
     """
 
     def __init__(
@@ -53,6 +57,7 @@ class ManifestDataset(Dataset):
         cache_decoded: bool = False,
         seed: int | None = None,
         feature_transform: FeatureTransform | None = None,
+        image_cache: MutableMapping[tuple[int, int], torch.Tensor] | None = None,
     ) -> None:
         task = manifest.task
         rows = manifest.rows(split)
@@ -79,7 +84,9 @@ class ManifestDataset(Dataset):
             if train and images
             else None
         )
-        self._cache: dict[tuple[int, int], torch.Tensor] | None = {} if cache_decoded else None
+        self._cache: MutableMapping[tuple[int, int], torch.Tensor] | None = (
+            image_cache if image_cache is not None else ({} if cache_decoded else None)
+        )
 
     @property
     def labels(self) -> np.ndarray:
@@ -157,6 +164,7 @@ def make_loader(
     num_workers: int = 0,
     cache_decoded: bool = False,
     feature_transform: FeatureTransform | None = None,
+    image_cache: MutableMapping[tuple[int, int], torch.Tensor] | None = None,
 ) -> DataLoader:
     """A DataLoader over one split.
 
@@ -175,6 +183,7 @@ def make_loader(
         num_workers: DataLoader worker processes. Default 0.
         cache_decoded: see :class:`ManifestDataset`. Default False.
         feature_transform: see :class:`ManifestDataset`. Default None (the site's own).
+        image_cache: see :class:`ManifestDataset`. Default None.
 
     Returns:
         A ``torch.utils.data.DataLoader`` yielding ``(x_1, ..., x_M, y)`` batches with
@@ -198,6 +207,7 @@ def make_loader(
         cache_decoded=cache_decoded,
         seed=seed if train else None,
         feature_transform=feature_transform,
+        image_cache=image_cache,
     )
     if train and len(dataset) == 0:
         raise ValueError(f"the {split} split of {manifest.path} has no rows to train on")

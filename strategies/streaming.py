@@ -26,7 +26,14 @@ from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.common.constant import SType
 from flwr.serverapp.strategy import FedAvg
 
-__all__ = ["RunningMean", "StreamingFedAvg", "fedavg_arrays", "array_view", "array_from_numpy"]
+__all__ = [
+    "RunningMean",
+    "StreamingFedAvg",
+    "fedavg_arrays",
+    "add_difference",
+    "array_view",
+    "array_from_numpy",
+]
 
 
 def array_view(array: Array) -> np.ndarray:
@@ -164,8 +171,35 @@ def fedavg_arrays(records: Iterable[RecordDict], weighted_by_key: str) -> ArrayR
     return mean.result()
 
 
+def add_difference(base: ArrayRecord, difference: ArrayRecord) -> ArrayRecord:
+    """``base + difference`` for each array of ``difference`` whose base is floating (the
+    mean of float16-encoded updates); other arrays are taken from ``difference`` as they are."""
+    out: dict[str, Array] = {}
+    for key, diff in difference.items():
+        if key not in base:
+            raise ValueError(f"the update has array {key!r}, which the global model lacks")
+        start = array_view(base[key])
+        delta = array_view(diff)
+        if np.issubdtype(start.dtype, np.floating):
+            out[key] = array_from_numpy((start + delta).astype(start.dtype, copy=False))
+        else:
+            out[key] = diff
+    return ArrayRecord(out)
+
+
 class StreamingFedAvg(FedAvg):
-    """Flower's FedAvg with :func:`fedavg_arrays` as the array aggregation."""
+    """Flower's FedAvg with :func:`fedavg_arrays` as the array aggregation.
+
+    ``update_dtype`` (set by the ServerApp from the run config): ``"float16"`` means the sites
+    send weight differences from this round's global weights (``client.app.encode_update``);
+    their mean is added back to the global weights the round started from.
+    """
+
+    update_dtype: str = "float32"
+
+    def configure_train(self, server_round, arrays, config, grid):  # type: ignore[no-untyped-def]
+        self._round_start_arrays = arrays
+        return super().configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -175,5 +209,7 @@ class StreamingFedAvg(FedAvg):
             return None, None
         contents = [msg.content for msg in valid_replies]
         arrays = fedavg_arrays(contents, self.weighted_by_key)
+        if self.update_dtype != "float32":
+            arrays = add_difference(self._round_start_arrays, arrays)
         metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)
         return arrays, metrics
