@@ -15,6 +15,7 @@ from collections.abc import MutableMapping
 
 import numpy as np
 import torch
+from monai.data import get_track_meta, set_track_meta
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from client.features import FeatureTransform, site_feature_transform
@@ -79,13 +80,19 @@ class ManifestDataset(Dataset):
         self._log_missing()
         images = bool(self.modalities)  # clinical-only tasks have no image to transform
         self._prepare = eval_transforms(self.image_size, in_chans=self.in_chans) if images else None
-        self._augment = (
-            train_transforms(self.image_size, in_chans=self.in_chans, seed=seed)
-            if train and images
-            else None
-        )
         self._cache: MutableMapping[tuple[int, int], torch.Tensor] | None = (
             image_cache if image_cache is not None else ({} if cache_decoded else None)
+        )
+        # cached images are already prepared: their augmentation skips the eval steps
+        self._augment = (
+            train_transforms(
+                self.image_size,
+                in_chans=self.in_chans,
+                seed=seed,
+                prepared=self._cache is not None,
+            )
+            if train and images
+            else None
         )
 
     @property
@@ -97,7 +104,14 @@ class ManifestDataset(Dataset):
         return len(self._labels)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
-        images = [self._image(index, j) for j in range(len(self.modalities))]
+        # MONAI's metadata tracking roughly doubles the transforms' cost, and every item ends
+        # as a plain tensor anyway: switch it off while this item is made.
+        tracking = get_track_meta()
+        set_track_meta(False)
+        try:
+            images = [self._image(index, j) for j in range(len(self.modalities))]
+        finally:
+            set_track_meta(tracking)
         features = () if self._features is None else (self._features[index],)
         return (*images, *features, torch.tensor(self._labels[index], dtype=torch.int64))
 

@@ -48,6 +48,7 @@ OPTIONS = [
     ("central-dp", {"dp-safe-model": True}, {"clipping_norm": 1.0}, {}),
     ("fedbn", {}, {"keep-local-norm": True}, {}),
     ("fedprox", {}, {"proximal-mu": 0.1}, {}),
+    ("float16-updates", {"update-dtype": "float16"}, {}, {}),
 ]
 
 
