@@ -99,7 +99,7 @@ def run(quick: bool = False) -> dict:
             "abs_delta_auc_fp16": abs(delta_auc),
         },
         "targets": {
-            "uplink_fp16_over_fp32": Target(0.51, note="half the bytes").to_dict(),
+            "uplink_fp16_over_fp32": Target(0.52, note="half the bytes (+ .npy headers)").to_dict(),
             "abs_delta_auc_fp16": Target(0.005, note="|delta AUC| <= 0.005").to_dict(),
         },
         "headline": {
