@@ -131,7 +131,13 @@ class RoundSettings:
         def get(key: str, default: object) -> object:
             return config.get(key, default)
 
-        task = get_task(str(get("task", "rcc-grading"))).replace(
+        task_json = str(get("task-json", ""))
+        base = (
+            TaskSpec.from_json(task_json, source="the server's task-json")
+            if task_json
+            else get_task(str(get("task", "rcc-grading")))
+        )
+        task = base.replace(
             backbone=str(get("backbone", "")),
             image_size=int(get("image-size", 0)),  # type: ignore[call-overload]
         )
@@ -201,7 +207,7 @@ class SiteSession:
         # ``model``: an instance to reuse (built for the same task and dp_safe); its weights
         # are whatever the last load_global put there.
         self.model: nn.Module = model or create_model_for_task(task, dp_safe=dp_safe)
-        self._image_caches: dict[str, dict[tuple[int, int], torch.Tensor]] | None = (
+        self._image_caches: dict[str, dict[tuple[int, int, int], torch.Tensor]] | None = (
             {} if self._should_cache() else None
         )
         _log.info(
@@ -219,7 +225,7 @@ class SiteSession:
         side = self.task.image_size
         return images * self.task.in_chans * side * side * 4 <= AUTO_CACHE_BYTES
 
-    def image_cache(self, split: str) -> dict[tuple[int, int], torch.Tensor] | None:
+    def image_cache(self, split: str) -> dict[tuple[int, int, int], torch.Tensor] | None:
         """The decoded images of ``split`` kept across rounds (None when caching is off).
 
         With ``num-workers`` > 0 each worker process fills its own copy, which is lost when
