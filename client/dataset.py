@@ -16,10 +16,11 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 
 import numpy as np
 import torch
+from monai.data import get_track_meta, set_track_meta
 from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_info
 
 from client.features import FeatureTransform, site_feature_transform
@@ -64,6 +65,9 @@ class ManifestDataset(Dataset):
         seed: seed of the augmentation; ``None`` draws from NumPy's global state. Default None.
         feature_transform: preprocessing of the clinical features; default the one fitted on
             this manifest's training rows (:func:`client.features.site_feature_transform`).
+        image_cache: a mapping to keep decoded images in instead of a new one, so that
+            loaders over the same split of the same manifest share it (a site reuses it across
+            rounds); implies ``cache_decoded``. Default None.
     """
 
     def __init__(
@@ -75,6 +79,7 @@ class ManifestDataset(Dataset):
         cache_decoded: bool = False,
         seed: int | None = None,
         feature_transform: FeatureTransform | None = None,
+        image_cache: MutableMapping[tuple[int, int, int], torch.Tensor] | None = None,
     ) -> None:
         task = manifest.task
         rows = manifest.rows(split)
@@ -104,12 +109,20 @@ class ManifestDataset(Dataset):
         self._log_missing()
         images = bool(self.modalities)  # clinical-only tasks have no image to transform
         self._prepare = eval_transforms(self.image_size, in_chans=self.in_chans) if images else None
+        self._cache: MutableMapping[tuple[int, int, int], torch.Tensor] | None = (
+            image_cache if image_cache is not None else ({} if cache_decoded else None)
+        )
+        # cached images are already prepared: their augmentation skips the eval steps
         self._augment = (
-            train_transforms(self.image_size, in_chans=self.in_chans, seed=seed)
+            train_transforms(
+                self.image_size,
+                in_chans=self.in_chans,
+                seed=seed,
+                prepared=self._cache is not None,
+            )
             if train and images
             else None
         )
-        self._cache: dict[tuple[int, int, int], torch.Tensor] | None = {} if cache_decoded else None
 
     @property
     def labels(self) -> np.ndarray:
@@ -120,7 +133,14 @@ class ManifestDataset(Dataset):
         return len(self._labels)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
-        images = [self._image(index, j) for j in range(len(self.modalities))]
+        # MONAI's metadata tracking roughly doubles the transforms' cost, and every item ends
+        # as a plain tensor anyway: switch it off while this item is made.
+        tracking = get_track_meta()
+        set_track_meta(False)
+        try:
+            images = [self._image(index, j) for j in range(len(self.modalities))]
+        finally:
+            set_track_meta(tracking)
         mask = (modality_mask(self._paths[index]),) if self._with_mask else ()
         features = () if self._features is None else (self._features[index],)
         return (*images, *mask, *features, torch.tensor(self._labels[index], dtype=torch.int64))
@@ -197,6 +217,7 @@ def make_loader(
     num_workers: int = 0,
     cache_decoded: bool = False,
     feature_transform: FeatureTransform | None = None,
+    image_cache: MutableMapping[tuple[int, int, int], torch.Tensor] | None = None,
 ) -> DataLoader:
     """A DataLoader over one split.
 
@@ -215,6 +236,7 @@ def make_loader(
         num_workers: DataLoader worker processes. Default 0.
         cache_decoded: see :class:`ManifestDataset`. Default False.
         feature_transform: see :class:`ManifestDataset`. Default None (the site's own).
+        image_cache: see :class:`ManifestDataset`. Default None.
 
     Returns:
         A ``torch.utils.data.DataLoader`` yielding ``(x_1, ..., x_M, y)`` batches with
@@ -239,6 +261,7 @@ def make_loader(
         cache_decoded=cache_decoded,
         seed=seed if train else None,
         feature_transform=feature_transform,
+        image_cache=image_cache,
     )
     if train and len(dataset) == 0:
         raise ValueError(f"the {split} split of {manifest.path} has no rows to train on")

@@ -65,6 +65,7 @@ OPTIONS = [
         {"clipping_norm": 1.0},
         {"dp-epsilon": 5.0, "dp-delta": 1e-4},
     ),
+    ("float16-updates", {"update-dtype": "float16"}, {}, {}),
 ]
 
 
