@@ -13,7 +13,6 @@ import importlib.util
 import logging
 import os
 import re
-from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from client._manifest_csv import CsvProblem, read_manifest_csv
 from client.features import feature_problems
 from client.splits import SPLITS, SplitError, assign_splits
 from models._options import look_up_option
@@ -215,45 +215,10 @@ def load_manifest(
 
 def _read_csv(path: Path) -> pd.DataFrame:
     """The CSV as strings with the header as column names, index = spreadsheet row."""
-
-    def fail(message: str) -> ManifestError:
-        return ManifestError(path, [ManifestProblem(None, None, message)])
-
-    if not path.exists():
-        raise fail(f"manifest file not found: {path}")
-    if path.is_dir():
-        raise fail(f"{path} is a folder; give the manifest CSV file")
     try:
-        table = pd.read_csv(
-            path,
-            header=None,
-            dtype=str,
-            keep_default_na=False,
-            skip_blank_lines=False,
-            encoding="utf-8-sig",
-        )
-    except UnicodeDecodeError as err:
-        raise fail(f"not UTF-8 text ({err}); save the manifest as 'CSV UTF-8'") from err
-    except pd.errors.EmptyDataError as err:
-        raise fail("the file is empty; the first line must be the header") from err
-    except (pd.errors.ParserError, ValueError) as err:
-        raise fail(f"not a valid CSV file: {err}") from err
-    table = table.fillna("").map(str.strip)
-    header = [str(name) for name in table.iloc[0]]
-    frame = table.iloc[1:].copy()
-    frame.index = pd.RangeIndex(2, len(table) + 1)  # spreadsheet rows
-    frame.columns = _unique_names(header)
-    frame.attrs["header"] = header
-    return frame
-
-
-def _unique_names(header: list[str]) -> list[str]:
-    seen: dict[str, int] = defaultdict(int)
-    names = []
-    for position, name in enumerate(header, start=1):
-        seen[name] += 1
-        names.append(name if seen[name] == 1 else f"{name} (column {position})")
-    return names
+        return read_manifest_csv(path)
+    except CsvProblem as err:
+        raise ManifestError(path, [ManifestProblem(err.row, None, err.message)]) from err
 
 
 # -- checks ---------------------------------------------------------------------------------
