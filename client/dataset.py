@@ -5,6 +5,12 @@ modality in task order, then the label as an int64 scalar tensor. A task with cl
 features adds their float32 ``(F,)`` vector after the images: ``(x_1, ..., x_M, f, y)``
 (``(f, y)`` for a clinical-only task); see :mod:`client.features` for how it is made. Flat
 tuples of tensors are what Opacus' ``DPDataLoader`` collates without help.
+
+A file that cannot be read at training time (corrupt, truncated, deleted after the check) is
+skipped, counted and logged, never fatal: the modality counts as missing for that row (a zero
+image), and a row left with no readable image is dropped from its batch (its item carries
+label ``-1``, which :func:`collate_readable` filters out). :attr:`ManifestDataset.skipped_files`
+gives the count; the site reports it as the ``skipped-files`` metric.
 """
 
 from __future__ import annotations
@@ -14,14 +20,17 @@ import os
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_info
 
 from client.features import FeatureTransform, site_feature_transform
 from client.manifest import Manifest
 from client.sampler import ClassBalancedSampler
 from client.transforms import eval_transforms, load_image, train_transforms
 
-__all__ = ["ManifestDataset", "make_loader"]
+__all__ = ["ManifestDataset", "collate_readable", "make_loader"]
+
+#: label of an item whose row had no readable image (dropped by :func:`collate_readable`).
+DROPPED_LABEL = -1
 
 logger = logging.getLogger(__name__)
 
@@ -30,8 +39,10 @@ class ManifestDataset(Dataset):
     """One split of a manifest as ``(x_1, ..., x_M, y)`` items.
 
     A missing modality (empty cell) gives a zero image; how many rows miss each modality is
-    logged once, when the dataset is built. Bag modalities (``;``-separated paths or a
-    folder) are not read yet and raise ``ValueError`` here.
+    logged once, when the dataset is built. An unreadable file is skipped (see the module
+    docstring) and counted in :attr:`skipped_files`, also across DataLoader workers. Bag
+    modalities (``;``-separated paths or a folder) are not read yet and raise ``ValueError``
+    here.
 
     Args:
         manifest: a checked manifest (see :func:`client.manifest.load_manifest`).
@@ -80,11 +91,31 @@ class ManifestDataset(Dataset):
             else None
         )
         self._cache: dict[tuple[int, int], torch.Tensor] | None = {} if cache_decoded else None
+        # (N, M) flags of cells whose file could not be read; shared memory so that
+        # DataLoader workers' skips are counted in the main process too.
+        self._failed = torch.zeros((len(self._paths), len(self.modalities)), dtype=torch.uint8)
+        if self._failed.numel():
+            self._failed.share_memory_()
 
     @property
     def labels(self) -> np.ndarray:
         """Label index per item, shape ``(N,)``, int64."""
         return self._labels
+
+    @property
+    def skipped_files(self) -> int:
+        """Distinct image files that could not be read so far (each skipped)."""
+        failed = self._failed.nonzero().tolist()
+        return len({self._paths[i][j] for i, j in failed})
+
+    @property
+    def skipped_rows(self) -> int:
+        """Rows dropped so far because none of their images could be read."""
+        if not self._failed.numel():
+            return 0
+        present = torch.tensor([[bool(p) for p in paths] for paths in self._paths])
+        readable = present & (self._failed == 0)
+        return int((~readable.any(dim=1) & present.any(dim=1)).sum())
 
     def __len__(self) -> int:
         return len(self._labels)
@@ -92,32 +123,47 @@ class ManifestDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
         images = [self._image(index, j) for j in range(len(self.modalities))]
         features = () if self._features is None else (self._features[index],)
-        return (*images, *features, torch.tensor(self._labels[index], dtype=torch.int64))
+        label = int(self._labels[index])
+        if any(image is None for image in images):
+            blank = torch.zeros(self.in_chans, self.image_size, self.image_size)
+            paths = self._paths[index]
+            if all(im is None or not p for im, p in zip(images, paths, strict=True)):
+                label = DROPPED_LABEL  # nothing readable left in this row
+            images = [blank if image is None else image for image in images]
+        return (*images, *features, torch.tensor(label, dtype=torch.int64))
 
-    def _image(self, index: int, modality: int) -> torch.Tensor:
+    def _image(self, index: int, modality: int) -> torch.Tensor | None:
+        """The prepared image, a zero image for a missing modality, None if unreadable."""
         path = self._paths[index][modality]
         if not path:
             return torch.zeros(self.in_chans, self.image_size, self.image_size)
+        if self._failed[index, modality]:
+            return None
         if self._cache is None:
             image = self._load(index, modality, path)
+            if image is None:
+                return None
             # never `self._augment or ...`: bool(Compose) calls len() -> flatten(), which
             # builds a new Compose that re-seeds the shared random transforms.
             chain = self._augment if self._augment is not None else self._prepare
             return chain(image)
         key = (index, modality)
         if key not in self._cache:
-            self._cache[key] = self._prepare(self._load(index, modality, path))
+            image = self._load(index, modality, path)
+            if image is None:
+                return None
+            self._cache[key] = self._prepare(image)
         cached = self._cache[key]
         return self._augment(cached) if self._augment is not None else cached.clone()
 
-    def _load(self, index: int, modality: int, path: str) -> torch.Tensor:
+    def _load(self, index: int, modality: int, path: str) -> torch.Tensor | None:
+        """The decoded image, or None (logged, flagged) when the file cannot be read."""
         try:
             return load_image(path)
-        except Exception as err:
-            raise ValueError(
-                f"row {self._rows[index]}, column {self.modalities[modality]!r}: "
-                f"cannot load {path}: {err}"
-            ) from err
+        except Exception as err:  # noqa: BLE001 - any reader failure: skip the file, go on
+            self._failed[index, modality] = 1
+            _log_skip(int(self._rows[index]), self.modalities[modality], path, err)
+            return None
 
     def _check_no_bags(self) -> None:
         bags = [
@@ -144,6 +190,31 @@ class ManifestDataset(Dataset):
                     missing,
                     len(self._paths),
                 )
+
+
+def collate_readable(batch: list[tuple[torch.Tensor, ...]]) -> list[torch.Tensor]:
+    """``default_collate``, then drop the items of rows with no readable image (label -1).
+
+    A batch may come out empty (every tensor with first dimension 0); training and
+    evaluation skip empty batches.
+    """
+    out = default_collate(batch)
+    keep = out[-1] != DROPPED_LABEL
+    if bool(keep.all()):
+        return out
+    return [tensor[keep] for tensor in out]
+
+
+def _log_skip(row: int, column: str, path: str, err: Exception) -> None:
+    logger.warning(
+        "row %d, column %r: skipping unreadable file %s (%s: %s); "
+        "run `fedfusion site check` to list every bad file",
+        row,
+        column,
+        path,
+        type(err).__name__,
+        err,
+    )
 
 
 def make_loader(
@@ -211,6 +282,7 @@ def make_loader(
         # per channel"); drop it (a different row is left out each epoch).
         drop_last=train and len(dataset) > 1 and len(dataset) % batch_size == 1,
         num_workers=num_workers,
+        collate_fn=collate_readable,
         generator=torch.Generator().manual_seed(seed),
         worker_init_fn=_seed_worker if num_workers else None,
     )

@@ -13,6 +13,7 @@ import importlib.util
 import logging
 import os
 import re
+from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from client._manifest_csv import CsvProblem, read_manifest_csv
+from client._manifest_warnings import manifest_warnings
 from client.features import feature_problems
 from client.splits import SPLITS, SplitError, assign_splits
 from models._options import look_up_option
@@ -110,6 +112,8 @@ class Manifest:
             (spreadsheet row), ``label_index`` (int) and ``split``; each modality column holds
             absolute paths (``;``-joined for bags, ``""`` when the modality is missing).
         site: the site the rows were filtered to, if any.
+        warnings: legal but odd data (an empty split, a single class, images of several
+            sizes or channel counts); logged, printed by ``fedfusion site check``.
     """
 
     path: Path
@@ -117,6 +121,7 @@ class Manifest:
     task: TaskSpec
     frame: pd.DataFrame
     site: str | None = None
+    warnings: tuple[ManifestProblem, ...] = ()
 
     def rows(self, split: str) -> pd.DataFrame:
         """The rows of one split (``"train"``, ``"val"`` or ``"test"``), index reset."""
@@ -197,8 +202,19 @@ def load_manifest(
             )
         except SplitError as err:
             raise ManifestError(path, [ManifestProblem(None, "split", str(err))]) from err
+    warnings = tuple(
+        ManifestProblem(row, column, message)
+        for row, column, message in manifest_warnings(frame, task, checker.shapes)
+    )
+    for warning in warnings:
+        logger.warning("%s: %s", path, warning)
     manifest = Manifest(
-        path=path, root=root, task=task, frame=frame.reset_index(drop=True), site=site
+        path=path,
+        root=root,
+        task=task,
+        frame=frame.reset_index(drop=True),
+        site=site,
+        warnings=warnings,
     )
     logger.info(
         "manifest %s: %d rows for task %s (%s)",
@@ -233,7 +249,9 @@ class _Checker:
         self.task = task
         self.check_images = check_images
         self.problems: list[ManifestProblem] = []
-        self._image_cache: dict[Path, str | None] = {}
+        self._image_cache: dict[Path, _ImageCheck] = {}
+        #: modality column -> [(row, (width, height), channels)] of the readable 2-D images
+        self.shapes: dict[str, list[tuple[int, tuple[int, int], int]]] = defaultdict(list)
 
     def add(self, row: int | None, column: str | None, message: str) -> None:
         self.problems.append(ManifestProblem(row, column, message))
@@ -388,10 +406,12 @@ class _Checker:
         if not self.check_images:
             return
         if target not in self._image_cache:
-            self._image_cache[target] = _image_problem(target, family)
-        reason = self._image_cache[target]
-        if reason is not None:
-            self.add(row, column, f"cannot read image {text!r}: {reason}")
+            self._image_cache[target] = _inspect_image(target, family)
+        check = self._image_cache[target]
+        if check.problem is not None:
+            self.add(row, column, f"cannot read image {text!r}: {check.problem}")
+        elif check.size is not None and check.channels is not None:
+            self.shapes[column].append((row, check.size, check.channels))
 
     def _duplicates(self, frame: pd.DataFrame, modalities: list[str]) -> None:
         first: dict[tuple[str, ...], int] = {}
@@ -467,11 +487,38 @@ def _folder_images(folder: Path) -> list[Path]:
 # -- image checks (cheap: headers, small decodes) -------------------------------------------
 
 
+@dataclass(frozen=True)
+class _ImageCheck:
+    """What the cheap check found: a problem, or the 2-D size and channels when known."""
+
+    problem: str | None
+    size: tuple[int, int] | None = None  # (width, height)
+    channels: int | None = None
+
+
+def _inspect_image(path: Path, family: str) -> _ImageCheck:
+    """Check ``path``; PNG/JPEG/TIFF/BMP and .npy also give their size and channels."""
+    if family == "pil":
+        try:
+            return _pil_check(path)
+        except Exception as err:  # noqa: BLE001 - any reader failure is a problem to report
+            return _ImageCheck(f"{type(err).__name__}: {err}")
+    problem = _image_problem(path, family)
+    if problem is None and family == "npy":
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+        if array.ndim == 2:
+            return _ImageCheck(None, (array.shape[1], array.shape[0]), 1)
+        if array.shape[0] <= 4:  # (C, H, W)
+            return _ImageCheck(None, (array.shape[2], array.shape[1]), array.shape[0])
+        return _ImageCheck(None, (array.shape[1], array.shape[0]), array.shape[2])
+    return _ImageCheck(problem)
+
+
 def _image_problem(path: Path, family: str) -> str | None:
     """Why ``path`` cannot be read, or None when it looks fine."""
     try:
         if family == "pil":
-            return _pil_problem(path)
+            return _pil_check(path).problem
         if family == "npy":
             return _npy_problem(path)
         if family == "nifti":
@@ -481,24 +528,27 @@ def _image_problem(path: Path, family: str) -> str | None:
         return f"{type(err).__name__}: {err}"
 
 
-def _pil_problem(path: Path) -> str | None:
+def _pil_check(path: Path) -> _ImageCheck:
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
             image.verify()
         with Image.open(path) as image:
+            size, channels = image.size, len(image.getbands())
             if image.format == "JPEG":
                 image.draft("L", (32, 32))  # decode at 1/8 scale: catches truncated files
             if image.format != "PNG":  # PNG: verify() already checked every chunk's CRC
                 image.load()
             if min(image.size) < 1:
-                return f"image has size {image.size}"
+                return _ImageCheck(f"image has size {image.size}")
     except UnidentifiedImageError:
-        return "not an image (PNG/JPEG/TIFF/BMP) file; it may be text or another format"
+        return _ImageCheck(
+            "not an image (PNG/JPEG/TIFF/BMP) file; it may be text or another format"
+        )
     except (OSError, SyntaxError, ValueError) as err:
-        return f"corrupt or truncated image ({err})"
-    return None
+        return _ImageCheck(f"corrupt or truncated image ({err}); re-export or re-copy the file")
+    return _ImageCheck(None, size, channels)
 
 
 def _npy_problem(path: Path) -> str | None:
