@@ -87,7 +87,7 @@ def _decode(data: bytes) -> str:
             raise CsvProblem(f"this is {kind}, not a CSV text file; {_SAVE_AS}")
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise CsvProblem(f"the file is UTF-16 text ('Unicode text' in Excel); {_SAVE_AS}")
-    if b"\x00" in data[:4096]:
+    if b"\x00" in data:
         raise CsvProblem(f"binary file (it contains NUL bytes), not CSV text; {_SAVE_AS}")
     try:
         return data.decode("utf-8-sig")

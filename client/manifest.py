@@ -377,18 +377,25 @@ class _Checker:
         for part in parts:
             target = self._resolve(part)
             resolved.append(str(target))
-            if not target.exists():
-                self.add(row, column, f"file not found: {part!r} (looked for {target})")
-            elif target.is_dir():
-                self._folder(row, column, part, target)
-            else:
-                self._file(row, column, part, target)
+            try:
+                if not target.exists():
+                    self.add(row, column, f"file not found: {part!r} (looked for {target})")
+                elif target.is_dir():
+                    self._folder(row, column, part, target)
+                else:
+                    self._file(row, column, part, target)
+            except (OSError, ValueError) as err:  # name too long, NUL byte, no permission
+                self.add(row, column, f"cannot use the path {part!r}: {err}; fix the path")
         return ";".join(resolved)
 
     def _resolve(self, text: str) -> Path:
         if os.sep == "/" and "\\" in text:
             text = text.replace("\\", "/")  # written on Windows
-        path = Path(text).expanduser()
+        path = Path(text)
+        try:
+            path = path.expanduser()
+        except RuntimeError:  # "~user" of an unknown user, or no home directory
+            pass  # left as written: reported as not found
         return Path(os.path.normpath(path if path.is_absolute() else self.root / path))
 
     def _folder(self, row: int, column: str, text: str, folder: Path) -> None:
