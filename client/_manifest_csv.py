@@ -58,6 +58,12 @@ def read_manifest_csv(path: Path) -> pd.DataFrame:
     text = _decode(data)
     if not text.strip():
         raise CsvProblem("the file is empty; the first line must be the header")
+    if not text.splitlines()[0].strip():
+        raise CsvProblem(
+            "the first line is blank: the header must be on the first line (remove the blank "
+            "lines above it)",
+            row=1,
+        )
     _check_delimiter(text)
     try:
         table = pd.read_csv(
@@ -125,7 +131,8 @@ def _parser_problem(text: str, err: Exception) -> CsvProblem:
     if fields:
         expected, line, saw = (int(g) for g in fields.groups())
         return CsvProblem(
-            f"the row has {saw} cells but the header has {expected}: put a cell that contains "
+            f"the row has {saw} cell{'s' if saw != 1 else ''} but the header has {expected}: "
+            "put a cell that contains "
             'a comma in double quotes ("a, b"), or remove the extra comma',
             row=line,
         )
@@ -137,7 +144,24 @@ def _parser_problem(text: str, err: Exception) -> CsvProblem:
             'reads as one cell: close the quote, or write a literal quote as two ("")',
             row=row,
         )
-    return CsvProblem(f"not a valid CSV file: {message}")
+    if "expected after" in lowered:
+        return CsvProblem(
+            'text follows the closing double quote of a cell (like "ab"c): quote the whole '
+            'cell and double the quotes inside it ("""ab""c")',
+            row=_strict_error_row(text),
+        )
+    return CsvProblem(f"not a valid CSV file: {message}", row=_strict_error_row(text))
+
+
+def _strict_error_row(text: str) -> int | None:
+    """The line where Python's strict CSV reader fails (None when it does not)."""
+    reader = csv.reader(io.StringIO(text), strict=True)
+    try:
+        for _ in reader:
+            pass
+    except csv.Error:
+        return reader.line_num
+    return None
 
 
 def _unclosed_quote_row(text: str) -> int | None:

@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_info
 
 from client.features import FeatureTransform, site_feature_transform
-from client.manifest import Manifest
+from client.manifest import Manifest, ManifestError, ManifestProblem
 from client.sampler import ClassBalancedSampler
 from client.transforms import eval_transforms, load_image, train_transforms
 
@@ -41,8 +41,8 @@ class ManifestDataset(Dataset):
     A missing modality (empty cell) gives a zero image; how many rows miss each modality is
     logged once, when the dataset is built. An unreadable file is skipped (see the module
     docstring) and counted in :attr:`skipped_files`, also across DataLoader workers. Bag
-    modalities (``;``-separated paths or a folder) are not read yet and raise ``ValueError``
-    here.
+    modalities (``;``-separated paths or a folder) are not read yet and raise
+    :class:`~client.manifest.ManifestError` here.
 
     Args:
         manifest: a checked manifest (see :func:`client.manifest.load_manifest`).
@@ -69,6 +69,7 @@ class ManifestDataset(Dataset):
         rows = manifest.rows(split)
         self.split = split
         self.train = train
+        self._manifest_path = manifest.path
         self.modalities: tuple[str, ...] = tuple(task.modalities)
         self.image_size = task.image_size
         self.in_chans = task.in_chans
@@ -167,17 +168,18 @@ class ManifestDataset(Dataset):
 
     def _check_no_bags(self) -> None:
         bags = [
-            f"row {row}, column {m!r}"
+            ManifestProblem(
+                int(row),
+                m,
+                "a bag cell (several paths or a folder): the training dataset reads one "
+                "image per modality and does not support bags yet; give one image path",
+            )
             for row, paths in zip(self._rows, self._paths, strict=True)
             for m, path in zip(self.modalities, paths, strict=True)
             if ";" in path or (path and os.path.isdir(path))
         ]
         if bags:
-            shown = "; ".join(bags[:5]) + (f"; ... ({len(bags)} in all)" if len(bags) > 5 else "")
-            raise ValueError(
-                "ManifestDataset reads one image per modality; bag cells (several paths or a "
-                f"folder) are not supported yet: {shown}"
-            )
+            raise ManifestError(self._manifest_path, bags)
 
     def _log_missing(self) -> None:
         for j, m in enumerate(self.modalities):

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from client.dataset import make_loader
+from client.dataset import ManifestDataset, make_loader
 from client.manifest import ManifestError, load_manifest
 from client.site import SiteConfigError, SiteSettings
 from client.train import TrainConfig, train_local
@@ -124,6 +124,12 @@ def _sites(root: Path, rows: Rows) -> None:
 def _patient_in_two_splits(root: Path, rows: Rows) -> None:
     _splits("train", "train", "train", "test", "val", "test")(root, rows)
     rows[3]["patient_id"] = "P00"  # row 5 (test) is the same patient as row 2 (train)
+
+
+def _bag(root: Path, rows: Rows) -> None:
+    for row in rows:
+        row["split"] = "train"
+    rows[0]["bmode"] = f"{rows[0]['bmode']}; {rows[1]['bmode']}"
 
 
 def _one_patient(root: Path, rows: Rows) -> None:
@@ -341,6 +347,14 @@ CASES: list[Case] = [
         _rows(_one_patient),
         "column 'split'",
         "cannot split 1 patient(s) into train and test",
+    ),
+    Case(
+        "bag-cell-at-training",
+        lambda root: ManifestDataset(
+            load_manifest(_rows(_bag)(root), FEATURE_TASK), "train", train=True
+        ),
+        ManifestError,
+        ("m.csv", "row 2, column 'bmode'", "a bag cell", "one image per modality"),
     ),
     # run configuration
     _config("unknown-strategy", {"strategy": "fedavgg"}, "unknown strategy 'fedavgg'", "'fedavg'"),
@@ -579,9 +593,31 @@ _HEADERS = st.lists(
 )
 
 
+_VALID_COLUMNS = ("patient_id", "label", "bmode", "ceus", "age", "sex")
+_GOOD_CELLS = {
+    "patient_id": ["P1", "P2", "P3", "P4", "P5"],
+    "label": ["low", "high", "0", "1"],
+    "bmode": ["img/a.png", "b.png", "img"],  # "img" is a folder: a bag
+    "ceus": ["img/a.png", "b.png", ""],
+    "age": ["50", "61.5", "", "NA"],
+    "sex": ["f", "m", "M", ""],
+}
+_BAD_CELLS = ["", "High", "2", "missing.png", "old", "1e999", "x", "~", '"', "a,b"]
+
+
 @st.composite
 def _csv_documents(draw: st.DrawFn) -> bytes:
-    kind = draw(st.sampled_from(["table", "text", "bytes"]))
+    kind = draw(st.sampled_from(["manifest", "manifest", "table", "text", "bytes"]))
+    if kind == "manifest":  # the right columns: exercises the row checks, splits, warnings
+        rows = [list(_VALID_COLUMNS)]
+        for _ in range(draw(st.integers(1, 10))):
+            rows.append([draw(st.sampled_from(_GOOD_CELLS[c])) for c in _VALID_COLUMNS])
+        if draw(st.booleans()):  # spoil one cell
+            row = draw(st.integers(0, len(rows) - 1))
+            rows[row][draw(st.integers(0, len(_VALID_COLUMNS) - 1))] = draw(
+                st.sampled_from(_BAD_CELLS)
+            )
+        return ("\n".join(",".join(r) for r in rows) + "\n").encode()
     if kind == "bytes":
         return draw(st.binary(max_size=200))
     if kind == "text":
