@@ -26,6 +26,7 @@ from client.train import TrainConfig, train_local
 from models import UnknownOptionError, create_model
 from models.tasks import get_task
 from server.config import RunConfig, RunConfigError
+from simulation.runner import SimulationOptions, simulate
 from simulation.scenario import load_scenario
 from tests.client._data import make_site, small_task, write_csv, write_png
 
@@ -402,9 +403,17 @@ CASES: list[Case] = [
     ),
     Case(
         "unknown-scenario",
-        lambda root: load_scenario("dual-centre-rcc"),
+        lambda root: load_scenario("dual-centre"),
         UnknownOptionError,
-        ("unknown scenario 'dual-centre-rcc'", "Available:"),
+        ("unknown scenario 'dual-centre'", "Did you mean 'dual-center'"),
+    ),
+    Case(
+        "unknown-method",
+        lambda root: simulate(
+            load_scenario("dual-center"), SimulationOptions(out_dir=root, methods=("fedbnn",))
+        ),
+        UnknownOptionError,
+        ("unknown method 'fedbnn'", "Did you mean 'fedbn'"),
     ),
     Case(
         "site-without-data-path",
