@@ -8,15 +8,18 @@ tuples of tensors are what Opacus' ``DPDataLoader`` collates without help.
 
 A file that cannot be read at training time (corrupt, truncated, deleted after the check) is
 skipped, counted and logged, never fatal: the modality counts as missing for that row (a zero
-image), and a row left with no readable image is dropped from its batch (its item carries
-label ``-1``, which :func:`collate_readable` filters out). :attr:`ManifestDataset.skipped_files`
-gives the count; the site reports it as the ``skipped-files`` metric.
+image; a bag loses that member), and a row left with no readable image is dropped from its
+batch (its item carries label ``-1``, which :func:`collate_readable` filters out).
+:attr:`ManifestDataset.skipped_files` gives the count; the site reports it as the
+``skipped-files`` metric.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -27,7 +30,7 @@ from client.manifest import Manifest, ManifestError, ManifestProblem
 from client.sampler import ClassBalancedSampler
 from client.transforms import eval_transforms, load_image, train_transforms
 
-__all__ = ["ManifestDataset", "collate_readable", "make_loader"]
+__all__ = ["DROPPED_LABEL", "ManifestDataset", "collate_bags", "collate_readable", "make_loader"]
 
 #: label of an item whose row had no readable image (dropped by :func:`collate_readable`).
 DROPPED_LABEL = -1
@@ -39,10 +42,11 @@ class ManifestDataset(Dataset):
     """One split of a manifest as ``(x_1, ..., x_M, y)`` items.
 
     A missing modality (empty cell) gives a zero image; how many rows miss each modality is
-    logged once, when the dataset is built. An unreadable file is skipped (see the module
-    docstring) and counted in :attr:`skipped_files`, also across DataLoader workers. Bag
-    modalities (``;``-separated paths or a folder) are not read yet and raise
-    :class:`~client.manifest.ManifestError` here.
+    logged once, when the dataset is built. A bag modality (``task.bags``) gives a
+    ``(N_i, in_chans, S, S)`` stack of its images (``(0, in_chans, S, S)`` when missing); a
+    bag cell in any other modality raises :class:`~client.manifest.ManifestError` naming its
+    row and column. An unreadable file is skipped (see the module docstring) and counted in
+    :attr:`skipped_files`, also across DataLoader workers.
 
     Args:
         manifest: a checked manifest (see :func:`client.manifest.load_manifest`).
@@ -71,6 +75,9 @@ class ManifestDataset(Dataset):
         self.train = train
         self._manifest_path = manifest.path
         self.modalities: tuple[str, ...] = tuple(task.modalities)
+        self.bag_positions: tuple[int, ...] = tuple(
+            j for j, m in enumerate(self.modalities) if m in task.bags
+        )
         self.image_size = task.image_size
         self.in_chans = task.in_chans
         self._rows = rows["row"].to_numpy(dtype=np.int64)
@@ -91,10 +98,13 @@ class ManifestDataset(Dataset):
             if train and images
             else None
         )
-        self._cache: dict[tuple[int, int], torch.Tensor] | None = {} if cache_decoded else None
-        # (N, M) flags of cells whose file could not be read; shared memory so that
+        self._cache: dict[tuple[int, int, int], torch.Tensor] | None = {} if cache_decoded else None
+        # (N, M, members) flags of files that could not be read; shared memory so that
         # DataLoader workers' skips are counted in the main process too.
-        self._failed = torch.zeros((len(self._paths), len(self.modalities)), dtype=torch.uint8)
+        members = max([1, *(len(_members(c)) for p in self._paths for c in p)])
+        self._failed = torch.zeros(
+            (len(self._paths), len(self.modalities), members), dtype=torch.uint8
+        )
         if self._failed.numel():
             self._failed.share_memory_()
 
@@ -106,17 +116,19 @@ class ManifestDataset(Dataset):
     @property
     def skipped_files(self) -> int:
         """Distinct image files that could not be read so far (each skipped)."""
-        failed = self._failed.nonzero().tolist()
-        return len({self._paths[i][j] for i, j in failed})
+        return len({_members(self._paths[i][j])[k] for i, j, k in self._failed.nonzero().tolist()})
 
     @property
     def skipped_rows(self) -> int:
         """Rows dropped so far because none of their images could be read."""
-        if not self._failed.numel():
-            return 0
-        present = torch.tensor([[bool(p) for p in paths] for paths in self._paths])
-        readable = present & (self._failed == 0)
-        return int((~readable.any(dim=1) & present.any(dim=1)).sum())
+        failed_rows = sorted(set(self._failed.nonzero()[:, 0].tolist()))
+        return sum(
+            all(
+                not cell or all(self._failed[i, j, k] for k in range(len(_members(cell))))
+                for j, cell in enumerate(self._paths[i])
+            )
+            for i in failed_rows
+        )
 
     def __len__(self) -> int:
         return len(self._labels)
@@ -125,44 +137,57 @@ class ManifestDataset(Dataset):
         images = [self._image(index, j) for j in range(len(self.modalities))]
         features = () if self._features is None else (self._features[index],)
         label = int(self._labels[index])
-        if any(image is None for image in images):
-            blank = torch.zeros(self.in_chans, self.image_size, self.image_size)
-            paths = self._paths[index]
-            if all(im is None or not p for im, p in zip(images, paths, strict=True)):
+        if any(image is None for image in images) or self._failed[index].any():
+            readable = [
+                image is not None and bool(cell) and (j not in self.bag_positions or len(image))
+                for j, (image, cell) in enumerate(zip(images, self._paths[index], strict=True))
+            ]
+            if not any(readable):
                 label = DROPPED_LABEL  # nothing readable left in this row
+            blank = torch.zeros(self.in_chans, self.image_size, self.image_size)
             images = [blank if image is None else image for image in images]
         return (*images, *features, torch.tensor(label, dtype=torch.int64))
 
     def _image(self, index: int, modality: int) -> torch.Tensor | None:
-        """The prepared image, a zero image for a missing modality, None if unreadable."""
-        path = self._paths[index][modality]
-        if not path:
+        """The prepared image (a zero image when missing; None when unreadable), or a bag's
+        ``(N_i, C, S, S)`` stack of its readable members."""
+        cell = self._paths[index][modality]
+        if modality in self.bag_positions:
+            loaded = [self._one(index, modality, k, p) for k, p in enumerate(_members(cell))]
+            kept = [image for image in loaded if image is not None]
+            if not kept:
+                return torch.zeros(0, self.in_chans, self.image_size, self.image_size)
+            return torch.stack(kept)
+        if not cell:
             return torch.zeros(self.in_chans, self.image_size, self.image_size)
-        if self._failed[index, modality]:
-            return None
+        return self._one(index, modality, 0, cell)
+
+    def _one(self, index: int, modality: int, member: int, path: str) -> torch.Tensor | None:
+        if self._failed[index, modality, member]:
+            return None  # skipped before: do not read it again
         if self._cache is None:
-            image = self._load(index, modality, path)
+            image = self._load(index, modality, member, path)
             if image is None:
                 return None
             # never `self._augment or ...`: bool(Compose) calls len() -> flatten(), which
             # builds a new Compose that re-seeds the shared random transforms.
             chain = self._augment if self._augment is not None else self._prepare
             return chain(image)
-        key = (index, modality)
+        key = (index, modality, member)
         if key not in self._cache:
-            image = self._load(index, modality, path)
+            image = self._load(index, modality, member, path)
             if image is None:
                 return None
             self._cache[key] = self._prepare(image)
         cached = self._cache[key]
         return self._augment(cached) if self._augment is not None else cached.clone()
 
-    def _load(self, index: int, modality: int, path: str) -> torch.Tensor | None:
+    def _load(self, index: int, modality: int, member: int, path: str) -> torch.Tensor | None:
         """The decoded image, or None (logged, flagged) when the file cannot be read."""
         try:
             return load_image(path)
         except Exception as err:  # noqa: BLE001 - any reader failure: skip the file, go on
-            self._failed[index, modality] = 1
+            self._failed[index, modality, member] = 1
             _log_skip(int(self._rows[index]), self.modalities[modality], path, err)
             return None
 
@@ -171,12 +196,12 @@ class ManifestDataset(Dataset):
             ManifestProblem(
                 int(row),
                 m,
-                "a bag cell (several paths or a folder): the training dataset reads one "
-                "image per modality and does not support bags yet; give one image path",
+                "the cell holds a bag (several paths or a folder) in a modality that takes "
+                "one image per row (declare bag modalities in the task's `bags`)",
             )
             for row, paths in zip(self._rows, self._paths, strict=True)
-            for m, path in zip(self.modalities, paths, strict=True)
-            if ";" in path or (path and os.path.isdir(path))
+            for j, (m, path) in enumerate(zip(self.modalities, paths, strict=True))
+            if j not in self.bag_positions and (";" in path or (path and os.path.isdir(path)))
         ]
         if bags:
             raise ManifestError(self._manifest_path, bags)
@@ -192,31 +217,6 @@ class ManifestDataset(Dataset):
                     missing,
                     len(self._paths),
                 )
-
-
-def collate_readable(batch: list[tuple[torch.Tensor, ...]]) -> list[torch.Tensor]:
-    """``default_collate``, then drop the items of rows with no readable image (label -1).
-
-    A batch may come out empty (every tensor with first dimension 0); training and
-    evaluation skip empty batches.
-    """
-    out = default_collate(batch)
-    keep = out[-1] != DROPPED_LABEL
-    if bool(keep.all()):
-        return out
-    return [tensor[keep] for tensor in out]
-
-
-def _log_skip(row: int, column: str, path: str, err: Exception) -> None:
-    logger.warning(
-        "row %d, column %r: skipping unreadable file %s (%s: %s); "
-        "run `fedfusion site check` to list every bad file",
-        row,
-        column,
-        path,
-        type(err).__name__,
-        err,
-    )
 
 
 def make_loader(
@@ -251,7 +251,8 @@ def make_loader(
 
     Returns:
         A ``torch.utils.data.DataLoader`` yielding ``(x_1, ..., x_M, y)`` batches with
-        ``x_i`` of shape ``(B, in_chans, S, S)`` and ``y`` of shape ``(B,)``.
+        ``x_i`` of shape ``(B, in_chans, S, S)`` and ``y`` of shape ``(B,)``; a bag modality
+        gives two tensors instead, see :func:`collate_bags`.
     """
     problems = []
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -275,8 +276,10 @@ def make_loader(
     if train and len(dataset) == 0:
         raise ValueError(f"the {split} split of {manifest.path} has no rows to train on")
     sampler = ClassBalancedSampler(dataset.labels, seed=seed) if train and balanced else None
+    collate = functools.partial(collate_readable, bag_positions=dataset.bag_positions)
     return DataLoader(
         dataset,
+        collate_fn=collate,
         batch_size=batch_size,
         shuffle=train and not balanced,
         sampler=sampler,
@@ -284,9 +287,77 @@ def make_loader(
         # per channel"); drop it (a different row is left out each epoch).
         drop_last=train and len(dataset) > 1 and len(dataset) % batch_size == 1,
         num_workers=num_workers,
-        collate_fn=collate_readable,
         generator=torch.Generator().manual_seed(seed),
         worker_init_fn=_seed_worker if num_workers else None,
+    )
+
+
+def collate_bags(
+    batch: Sequence[Sequence[torch.Tensor]], *, bag_positions: Sequence[int]
+) -> tuple[torch.Tensor, ...]:
+    """Collate flat items whose ``bag_positions`` hold variable-length ``(N_i, C, S, S)`` bags.
+
+    Each bag position becomes two tensors: the bags zero-padded to ``(B, N_max, C, S, S)``
+    (``N_max >= 1``) and a ``(B, N_max)`` bool mask, True where a real image is; every other
+    position is collated by torch's ``default_collate``.
+
+    Args:
+        batch: items ``(x_1, ..., y)`` from :class:`ManifestDataset`.
+        bag_positions: item positions that hold bags.
+
+    Returns:
+        The flat batch, e.g. ``(tem, tem_mask, om, im, y)`` for bags at position 0.
+    """
+    out: list[torch.Tensor] = []
+    for position, values in enumerate(zip(*batch, strict=True)):
+        if position not in bag_positions:
+            out.append(default_collate(list(values)))
+            continue
+        lengths = [v.shape[0] for v in values]
+        size = max([1, *lengths])
+        padded = values[0].new_zeros((len(values), size, *values[0].shape[1:]))
+        mask = torch.zeros(len(values), size, dtype=torch.bool)
+        for i, (bag, n) in enumerate(zip(values, lengths, strict=True)):
+            padded[i, :n] = bag
+            mask[i, :n] = True
+        out += [padded, mask]
+    return tuple(out)
+
+
+def collate_readable(
+    batch: Sequence[Sequence[torch.Tensor]], *, bag_positions: Sequence[int] = ()
+) -> Sequence[torch.Tensor]:
+    """Collate (``default_collate``, or :func:`collate_bags` when there are bags), then drop
+    the items of rows with no readable image (label ``-1``).
+
+    A batch may come out empty (every tensor with first dimension 0); training and evaluation
+    skip empty batches.
+    """
+    out = (
+        collate_bags(batch, bag_positions=bag_positions)
+        if bag_positions
+        else default_collate(batch)
+    )
+    keep = out[-1] != DROPPED_LABEL
+    if bool(keep.all()):
+        return out
+    return [tensor[keep] for tensor in out]
+
+
+def _members(cell: str) -> list[str]:
+    """The paths of a cell (one, several ``;``-separated, or none)."""
+    return [p for p in cell.split(";") if p]
+
+
+def _log_skip(row: int, column: str, path: str, err: Exception) -> None:
+    logger.warning(
+        "row %d, column %r: skipping unreadable file %s (%s: %s); "
+        "run `fedfusion site check` to list every bad file",
+        row,
+        column,
+        path,
+        type(err).__name__,
+        err,
     )
 
 

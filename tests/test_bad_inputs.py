@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from client.dataset import ManifestDataset, make_loader
+from client.dataset import make_loader
 from client.manifest import ManifestError, load_manifest
 from client.site import SiteConfigError, SiteSettings
 from client.train import TrainConfig, train_local
@@ -349,13 +349,13 @@ CASES: list[Case] = [
         "column 'split'",
         "cannot split 1 patient(s) into train and test",
     ),
-    Case(
-        "bag-cell-at-training",
-        lambda root: ManifestDataset(
-            load_manifest(_rows(_bag)(root), FEATURE_TASK), "train", train=True
-        ),
-        ManifestError,
-        ("m.csv", "row 2, column 'bmode'", "a bag cell", "one image per modality"),
+    _manifest(
+        "bag-in-a-single-image-column",
+        _rows(_bag),
+        "row 2",
+        "column 'bmode'",
+        "holds 2 ';'-separated paths",
+        "one image per row",
     ),
     # run configuration
     _config("unknown-strategy", {"strategy": "fedavgg"}, "unknown strategy 'fedavgg'", "'fedavg'"),
