@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from client.dataset import make_loader
+from client.dataset import ManifestDataset, make_loader
 from client.manifest import ManifestError, load_manifest
 from client.site import SiteConfigError, SiteSettings
 from client.train import TrainConfig, train_local
@@ -543,6 +543,24 @@ def test_training_skips_and_counts_unreadable_files(tmp_path: Path) -> None:
     )
     assert result.skipped_files == 3
     assert result.num_examples == 5  # the dropped row is not counted as trained on
+
+
+def test_a_bag_loses_only_its_unreadable_member(tmp_path: Path) -> None:
+    task = TASK.replace(bags=("bmode",))
+    rows = _site(tmp_path)[:2]
+    for k in range(3):
+        write_png(tmp_path / "tem" / f"f{k}.png", seed=k)
+    rows[0]["bmode"] = "tem/f0.png; tem/f1.png; tem/f2.png"
+    for row in rows:
+        row["split"] = "test"
+    manifest = load_manifest(write_csv(tmp_path / "m.csv", rows), task)
+    (tmp_path / "tem/f1.png").write_bytes(b"\x89PNG broken")
+    loader = make_loader(manifest, "test", batch_size=2, train=False)
+    bags, mask, ceus, labels = next(iter(loader))
+    assert mask.tolist() == [[True, True], [True, False]]  # f0 and f2 left of three; one
+    assert labels.tolist() == [0, 1] and loader.dataset.skipped_files == 1
+    alone = ManifestDataset(manifest, "test", train=False)[0][0]  # (2, C, S, S): f0, f2
+    assert torch.equal(bags[0], alone)
 
 
 def test_site_reply_reports_skipped_files(tmp_path: Path) -> None:
