@@ -325,6 +325,7 @@ TRAIN_SCALARS = {
     "train-seconds",
     "train-steps",
     "secagg-clipped-values",
+    "skipped-files",  # unreadable images the site skipped (a count)
     "eval-seconds",
 }
 DROPOUT, DROPOUT_ROUND = "east", 2
