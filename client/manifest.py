@@ -35,6 +35,7 @@ __all__ = [
     "ManifestProblem",
     "image_format",
     "load_manifest",
+    "read_manifest_table",
 ]
 
 logger = logging.getLogger(__name__)
@@ -187,7 +188,7 @@ def load_manifest(
     """
     path = Path(path).expanduser().absolute()
     root = path.parent
-    raw = _read_csv(path)
+    raw = read_manifest_table(path)
     checker = _Checker(path, root, task, check_images=check_images)
     frame = checker.check_columns(raw)
     frame = checker.filter_site(frame, site)
@@ -229,8 +230,14 @@ def load_manifest(
 # -- reading --------------------------------------------------------------------------------
 
 
-def _read_csv(path: Path) -> pd.DataFrame:
-    """The CSV as strings with the header as column names, index = spreadsheet row."""
+def read_manifest_table(path: str | Path) -> pd.DataFrame:
+    """The manifest CSV as stripped strings, unchecked against any task: the header as column
+    names (a repeated name gets `` (column N)``), index = spreadsheet row.
+
+    Raises:
+        ManifestError: the file cannot be read as a CSV (see ``docs/troubleshooting.md``).
+    """
+    path = Path(path)
     try:
         return read_manifest_csv(path)
     except CsvProblem as err:

@@ -25,7 +25,7 @@ from models._options import UnknownOptionError, look_up_option
 if TYPE_CHECKING:
     from server.config import RunConfig
 
-__all__ = ["misspelt_keys", "option_problems"]
+__all__ = ["federation_size_problems", "misspelt_keys", "option_problems"]
 
 # Keys other parts of the app read from the run config (not RunConfig fields).
 _OTHER_PREFIXES = ("sim-", "num-workers")
@@ -53,6 +53,23 @@ def option_problems(config: RunConfig, *, strategies: Collection[str]) -> list[s
             "per-sample gradients and FedProx' proximal term is not per-sample, so it would "
             "bypass the clipping; use fedavg, fedadam or fedyogi for DP runs"
         )
+    return problems
+
+
+def federation_size_problems(config: RunConfig, sites: Collection[str]) -> list[str]:
+    """Node minimums a federation of exactly ``sites`` can never meet (the server would wait
+    for more sites forever), e.g. in a simulation whose sites are known in advance."""
+    problems = []
+    names = ", ".join(sorted(sites)) or "none"
+    for key, value in (
+        ("min-train-nodes", config.min_train_nodes),
+        ("min-available-nodes", config.min_available_nodes),
+    ):
+        if value > len(sites):
+            problems.append(
+                f"{key} is {value} but the federation has {len(sites)} site(s) ({names}): the "
+                f"server would wait forever; use at most {len(sites)}"
+            )
     return problems
 
 

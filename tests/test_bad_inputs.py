@@ -416,6 +416,28 @@ CASES: list[Case] = [
         ("unknown method 'fedbnn'", "Did you mean 'fedbn'"),
     ),
     Case(
+        "simulation-manifest-without-site-column",
+        lambda root: simulate(
+            load_scenario("dual-center"),
+            SimulationOptions(out_dir=root / "out", manifest=_rows(lambda r, rows: None)(root)),
+        ),
+        ManifestError,
+        ("m.csv", "column 'site'", "a simulation needs a 'site' column"),
+    ),
+    Case(
+        "simulation-min-nodes-above-sites",
+        lambda root: simulate(
+            load_scenario("dual-center"),
+            SimulationOptions(
+                out_dir=root / "out",
+                manifest=_rows(_sites)(root),
+                overrides={"min-train-nodes": 3},
+            ),
+        ),
+        RunConfigError,
+        ("min-train-nodes is 3 but the federation has 2 site(s) (north, south)", "at most 2"),
+    ),
+    Case(
         "site-without-data-path",
         lambda root: SiteSettings.from_node_config({"site-id": "a"}),
         SiteConfigError,
