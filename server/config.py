@@ -129,11 +129,18 @@ class RunConfig:
                 values[name] = _coerce(value, type(default))
             except (TypeError, ValueError):
                 problems.append(f"{key}: expected {type(default).__name__}, got {value!r}")
-        problems += misspelt_keys(raw, {name.replace("_", "-") for name in fields})
+        misspelt = misspelt_keys(raw, {name.replace("_", "-") for name in fields})
         if problems:
-            raise RunConfigError("invalid run config: " + "; ".join(problems))
+            raise RunConfigError("invalid run config: " + "; ".join(problems + misspelt))
         config = cls(**values)  # type: ignore[arg-type]
-        config.validate()
+        try:
+            config.validate()
+        except RunConfigError as err:
+            if not misspelt:
+                raise
+            raise RunConfigError(f"{err}; " + "; ".join(misspelt)) from None
+        if misspelt:
+            raise RunConfigError("invalid run config: " + "; ".join(misspelt))
         return config
 
     def validate(self) -> None:

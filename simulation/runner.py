@@ -206,6 +206,8 @@ def simulate(
 ) -> dict[str, Any]:
     """Run every requested method and write ``results.json``; returns the results dict."""
     methods = tuple(look_up_option("method", m, METHODS) for m in options.methods)
+    early = {**scenario.run, "task": scenario.task, **(options.overrides or {})}
+    RunConfig.from_mapping(early)  # names, ranges, combinations: before generating any data
     out_dir = options.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = options.manifest or prepare_data(scenario, out_dir / "data", seed=options.seed)

@@ -711,3 +711,12 @@ def test_fuzz_manifest_loader_raises_only_manifest_errors(
     else:  # a document that passes is a real, split manifest
         assert len(manifest.frame) > 0
         assert set(manifest.frame["split"]) <= {"train", "val", "test"}
+
+
+def test_run_config_lists_every_problem_at_once() -> None:
+    raw = {"strategy": "fedavgg", "num-server-round": 2, "dp-delta": 2.0}
+    with pytest.raises(RunConfigError) as info:
+        RunConfig.from_mapping(raw)
+    text = str(info.value)
+    assert "unknown strategy 'fedavgg'" in text and "'num-server-rounds'" in text
+    assert "dp-delta must be in (0, 1), got 2.0" in text
