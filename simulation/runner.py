@@ -206,12 +206,6 @@ def simulate(
 ) -> dict[str, Any]:
     """Run every requested method and write ``results.json``; returns the results dict."""
     methods = tuple(look_up_option("method", m, METHODS) for m in options.methods)
-    early = {**scenario.run, "task": scenario.task, **(options.overrides or {})}
-    RunConfig.from_mapping(early)  # names, ranges, combinations: before generating any data
-    out_dir = options.out_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = options.manifest or prepare_data(scenario, out_dir / "data", seed=options.seed)
-    sites = _sites_of(manifest)
     run_config: dict[str, Any] = {**scenario.run, "task": scenario.task, "seed": options.seed}
     run_config.update(options.overrides or {})
     if options.task is not None:
@@ -220,6 +214,11 @@ def simulate(
         run_config["num-server-rounds"] = options.rounds
     if options.site_budget:
         run_config["dp-safe-model"] = True  # sites with a DP budget need a GroupNorm model
+    RunConfig.from_mapping(run_config)  # names, ranges, combinations: before generating data
+    out_dir = options.out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = options.manifest or prepare_data(scenario, out_dir / "data", seed=options.seed)
+    sites = _sites_of(manifest)
     run_config.setdefault("min-train-nodes", len(sites))
     run_config.setdefault("min-available-nodes", len(sites))
     config = RunConfig.from_mapping(run_config)  # fail before starting Ray
