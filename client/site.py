@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from client.dataset import make_loader
-from client.manifest import Manifest, load_manifest
+from client.manifest import Manifest, ManifestError, ManifestProblem, load_manifest
 from client.privacy import (
     BudgetExhausted,
     PrivacyBudget,
@@ -257,8 +257,21 @@ class SiteSession:
         kept = {k: v for k, v in state.items() if k in keys}
         return {k: v for k, v in state.items() if k not in keys}, kept
 
+    def require_train_rows(self) -> None:
+        """Raise ManifestError when the site has no training rows (an evaluation-only site)."""
+        if len(self.manifest.rows("train")) == 0:
+            problem = ManifestProblem(
+                None,
+                "split",
+                f"site {self.site_id} was asked to train but its train split has no rows "
+                "(an evaluation-only site); give some patients split=train, or leave this "
+                "site out of training",
+            )
+            raise ManifestError(self.manifest.path, [problem])
+
     def train(self, rounds: RoundSettings) -> TrainResult:
         """Train without DP (the site has no budget and the server asked for none)."""
+        self.require_train_rows()
         loader = make_loader(
             self.manifest,
             "train",
@@ -301,6 +314,7 @@ class SiteSession:
         every round spends the same share; a site joining with a smaller budget than planned
         for still stops when its own budget is reached.
         """
+        self.require_train_rows()
         # Uniform Poisson sampling: the accounting assumes every row has the same rate.
         loader = make_loader(
             self.manifest,

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from models.tasks import TaskSpec, get_task
+from server.config_checks import misspelt_keys, option_problems
 from server.secagg_config import secagg_problems
 
 __all__ = ["RunConfig", "RunConfigError", "CLIENT_KEYS", "UPDATE_DTYPES"]
@@ -137,10 +138,18 @@ class RunConfig:
                 values[name] = _coerce(value, type(default))
             except (TypeError, ValueError):
                 problems.append(f"{key}: expected {type(default).__name__}, got {value!r}")
+        misspelt = misspelt_keys(raw, {name.replace("_", "-") for name in fields})
         if problems:
-            raise RunConfigError("invalid run config: " + "; ".join(problems))
+            raise RunConfigError("invalid run config: " + "; ".join(problems + misspelt))
         config = cls(**values)  # type: ignore[arg-type]
-        config.validate()
+        try:
+            config.validate()
+        except RunConfigError as err:
+            if not misspelt:
+                raise
+            raise RunConfigError(f"{err}; " + "; ".join(misspelt)) from None
+        if misspelt:
+            raise RunConfigError("invalid run config: " + "; ".join(misspelt))
         return config
 
     def validate(self) -> None:
@@ -213,10 +222,7 @@ class RunConfig:
             ),
         ]
         problems = [message for ok, message in checks if not ok]
-        if self.strategy not in _STRATEGY_NAMES:
-            problems.append(
-                f"strategy must be one of {', '.join(_STRATEGY_NAMES)}, got {self.strategy!r}"
-            )
+        problems += option_problems(self, strategies=_STRATEGY_NAMES)  # names, combinations
         if self.proximal_mu < 0:
             problems.append(f"proximal-mu must be >= 0, got {self.proximal_mu}")
         if self.server_lr <= 0:

@@ -18,17 +18,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from client import app as client_app_module
+from client.manifest import ManifestError, ManifestProblem, read_manifest_table
 from models._options import look_up_option
 from models.tasks import TaskSpec
 from server.app import FederationResult, run_federation
-from server.config import RunConfig
+from server.config import RunConfig, RunConfigError
+from server.config_checks import federation_size_problems
 from server.secagg_app import run_secure_federation
 from simulation.baselines import run_local, run_pooled, site_manifests
 from simulation.ckd import prepare_ckd_sites
@@ -124,15 +125,18 @@ def prepare_data(scenario: Scenario, out_dir: Path, *, seed: int) -> Path:
 
 
 def _sites_of(manifest: Path) -> list[str]:
-    frame = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    """The ``site`` values of a multi-site manifest (ManifestError for a file that is not one)."""
+    frame = read_manifest_table(manifest)  # ManifestError: not found, binary, bad quoting, ...
     if "site" not in frame.columns:
-        raise ValueError(
-            f"{manifest}: a simulation needs a 'site' column to know which rows belong to "
-            "which simulated hospital"
+        problem = (
+            "a simulation needs a 'site' column to know which rows belong to which "
+            "simulated hospital"
         )
-    sites = sorted(s for s in set(frame["site"].str.strip()) if s)
+        raise ManifestError(manifest, [ManifestProblem(None, "site", problem)])
+    sites = sorted(s for s in set(frame["site"]) if s)
     if len(sites) < 2:
-        raise ValueError(f"{manifest}: a federation needs at least 2 sites, found {sites}")
+        problem = f"a federation needs at least 2 sites, found {sites}"
+        raise ManifestError(manifest, [ManifestProblem(None, "site", problem)])
     return sites
 
 
@@ -221,10 +225,6 @@ def simulate(
 ) -> dict[str, Any]:
     """Run every requested method and write ``results.json``; returns the results dict."""
     methods = tuple(look_up_option("method", m, METHODS) for m in options.methods)
-    out_dir = options.out_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = options.manifest or prepare_data(scenario, out_dir / "data", seed=options.seed)
-    sites = _sites_of(manifest)
     run_config: dict[str, Any] = {**scenario.run, "task": scenario.task, "seed": options.seed}
     run_config.update(options.overrides or {})
     if options.task is not None:
@@ -234,9 +234,17 @@ def simulate(
     options.per_site(sites)  # unknown site names fail before anything starts
     if options.local_dp:
         run_config["dp-safe-model"] = True  # sites with a DP budget need a GroupNorm model
+    RunConfig.from_mapping(run_config)  # names, ranges, combinations: before generating data
+    out_dir = options.out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = options.manifest or prepare_data(scenario, out_dir / "data", seed=options.seed)
+    sites = _sites_of(manifest)
     run_config.setdefault("min-train-nodes", len(sites))
     run_config.setdefault("min-available-nodes", len(sites))
     config = RunConfig.from_mapping(run_config)  # fail before starting Ray
+    too_few = federation_size_problems(config, sites)
+    if too_few and any(m in FEDERATED_METHODS for m in methods):
+        raise RunConfigError("invalid run config: " + "; ".join(too_few))
     for method in (m for m in methods if m in FEDERATED_METHODS):
         RunConfig.from_mapping({**run_config, "strategy": method})  # e.g. secagg is FedAvg only
     task = config.task_spec()
