@@ -43,6 +43,15 @@ def _cell(stat: dict[str, Any] | None) -> str:
     return f"{_f(stat['mean'])} ± {_f(stat['sd'])} ({_f(low)}-{_f(high)})"
 
 
+_NAMES = {
+    "auc": "AUC",
+    "accuracy": "accuracy",
+    "macro_f1": "macro F1",
+    "macro_sensitivity": "macro sensitivity",
+    "f1": "F1",
+}
+
+
 def _method_order(results: dict[str, Any]) -> list[str]:
     names = list(results["summary"])
     requested = results["experiment"]["methods"]
@@ -72,7 +81,7 @@ def _oof_auc(results: dict[str, Any], method: str) -> str:
 def summary_rows(results: dict[str, Any], view: str) -> tuple[list[str], list[list[str]]]:
     """Methods x metrics of one view (``pooled`` or ``site-mean``): header and rows."""
     metrics = results["experiment"]["metrics"]
-    header = ["method", *metrics]
+    header = ["method", *(_NAMES.get(m, m) for m in metrics)]
     if view == "pooled":
         header.append("out-of-fold AUC (95% CI)")
     rows = []
@@ -134,7 +143,8 @@ def _answer(results: dict[str, Any]) -> list[str]:
             continue
         verdict = "higher" if c["diff"] > 0 else "lower"
         lines.append(
-            f"- **{c['a']} vs {c['b']}** (seed {c['seed']}, out-of-fold, {c['n']} test rows): "
+            f"- **{c['comparison']}: {c['a']} vs {c['b']}** (seed {c['seed']}, "
+            f"{c['n']} test rows{', out-of-fold' if results['experiment']['folds'] > 1 else ''}): "
             f"AUC {_f(c['auc_a'])} vs {_f(c['auc_b'])}, {verdict} by {_f(abs(c['diff']))} "
             f"(95% CI of the difference {_f(c['diff_ci'][0])} to {_f(c['diff_ci'][1])}), "
             f"DeLong P {_p(c['p'])}."
