@@ -134,9 +134,11 @@ def _experiment_options(args: argparse.Namespace, scenario) -> object:  # type: 
 
     seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip()) if args.seeds else ()
     single = args.single_modality
-    if single == "auto":
-        compared = len(args.methods.split(",")) > 1 or args.folds > 1
+    if single == "auto":  # the scenario's choice, when methods are compared and it is one
+        methods = [m.strip() for m in args.methods.split(",")]
+        compared = len(methods) > 1 or args.folds > 1
         single = scenario.experiment.get("single-modality") if compared else None
+        single = single if single in methods else None
     return ExperimentOptions(
         folds=args.folds,
         seeds=seeds,

@@ -84,7 +84,7 @@ def fold_manifests(
 ) -> list[Path]:
     """Write one manifest per fold (``out_dir/fold-<k>.csv``, k from 1) and return them."""
     frame = all_rows(manifest, task, check_images=False)
-    if "split" in frame.columns and (frame["split"] != "").any():
+    if "split" in pd.read_csv(manifest, nrows=0).columns:
         _log.warning("%s: its split column is replaced by the cross-validation folds", manifest)
     fold = assign_folds(frame, folds=folds, seed=seed)
     paths = []
