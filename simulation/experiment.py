@@ -71,7 +71,10 @@ class ExperimentOptions:
 
 def single_modality_tasks(task_name: str) -> dict[str, str]:
     """Modality -> the registered single-modality preset ``<task>-<modality>`` of a fusion task."""
-    task = get_task(task_name)
+    try:
+        task = get_task(task_name)
+    except ValueError:  # an ad-hoc task: no presets to pair with
+        return {}
     if len(task.modalities) < 2:
         return {}
     known = set(list_tasks())
@@ -107,6 +110,8 @@ def _repetitions(
 def _run_config(scenario: Scenario, options: SimulationOptions) -> RunConfig:
     raw: dict[str, Any] = {**scenario.run, "task": scenario.task, "seed": options.seed}
     raw.update(options.overrides or {})
+    if options.task is not None:  # an ad-hoc task (simulation.adhoc), as simulate() passes it
+        raw.update({"task": options.task.name, "task-json": options.task.to_json()})
     return RunConfig.from_mapping(raw)
 
 
@@ -145,6 +150,7 @@ def _run_repetition(
                 out_dir=rep.out_dir / f"single-{modality}",
                 methods=(method,),
                 overrides={**(options.overrides or {}), "task": task_name},
+                task=None,
                 run_label=f"{rep_options.run_label} [{modality}]",
             )
             label = f"{method}[{modality}]"
