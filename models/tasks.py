@@ -143,7 +143,7 @@ class TaskSpec:
         for key, value in data.items():
             if key not in known:
                 continue
-            if key in ("modalities", "classes", "features"):
+            if key in ("modalities", "classes", "features", "bags"):
                 if not isinstance(value, list | tuple) or not all(
                     isinstance(v, str) and v for v in value
                 ):
