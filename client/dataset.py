@@ -1,10 +1,14 @@
 """Torch dataset and loaders over a checked manifest.
 
 Items are FLAT tuples ``(x_1, ..., x_M, y)``: one float32 ``(in_chans, S, S)`` image per task
-modality in task order, then the label as an int64 scalar tensor. A task with clinical
-features adds their float32 ``(F,)`` vector after the images: ``(x_1, ..., x_M, f, y)``
-(``(f, y)`` for a clinical-only task); see :mod:`client.features` for how it is made. Flat
-tuples of tensors are what Opacus' ``DPDataLoader`` collates without help.
+modality in task order, then the label as an int64 scalar tensor. When the task's model
+handles missing modalities (``models.handles_missing_modalities``), the task has two or
+more, and some row of the site's manifest misses one, a float32 ``(M,)`` modality mask
+(1 = present, 0 = the cell was empty) follows the images: ``(x_1, ..., x_M, mask, y)``.
+A task with clinical features adds their float32 ``(F,)`` vector after the images (and
+mask): ``(x_1, ..., x_M, f, y)`` (``(f, y)`` for a clinical-only task); see
+:mod:`client.features` for how it is made. Flat tuples of tensors are what Opacus'
+``DPDataLoader`` collates without help.
 """
 
 from __future__ import annotations
@@ -22,19 +26,34 @@ from client.features import FeatureTransform, site_feature_transform
 from client.manifest import Manifest
 from client.sampler import ClassBalancedSampler
 from client.transforms import eval_transforms, load_image, train_transforms
+from models import handles_missing_modalities
+from models.tasks import TaskSpec
 
-__all__ = ["ManifestDataset", "collate_bags", "make_loader"]
+__all__ = ["ManifestDataset", "collate_bags", "make_loader", "modality_mask", "uses_modality_mask"]
 
 logger = logging.getLogger(__name__)
+
+
+def uses_modality_mask(task: TaskSpec) -> bool:
+    """Whether items (and model inputs) of ``task`` carry the ``(M,)`` modality mask: the task
+    has two or more image modalities and its model handles missing ones."""
+    return len(task.modalities) >= 2 and handles_missing_modalities(task.model)
+
+
+def modality_mask(paths: tuple[str, ...]) -> torch.Tensor:
+    """``(M,)`` float32: 1 where a modality cell holds a path, 0 where it is empty."""
+    return torch.tensor([1.0 if path else 0.0 for path in paths], dtype=torch.float32)
 
 
 class ManifestDataset(Dataset):
     """One split of a manifest as ``(x_1, ..., x_M, y)`` items.
 
-    A missing modality (empty cell) gives a zero image; how many rows miss each modality is
-    logged once, when the dataset is built. A bag modality (``task.bags``) gives a
-    ``(N_i, in_chans, S, S)`` stack of its images (``(0, in_chans, S, S)`` when missing); a
-    bag cell in any other modality raises ``ValueError`` naming its row and column.
+    A missing modality (empty cell) gives a zero image, and, for models that handle missing
+    modalities, a 0 in the item's modality mask (see :func:`uses_modality_mask`); how many rows
+    miss each modality is logged once, when the dataset is built. A bag modality
+    (``task.bags``) gives a ``(N_i, in_chans, S, S)`` stack of its images
+    (``(0, in_chans, S, S)`` when missing); a bag cell in any other modality raises
+    ``ValueError`` naming its row and column.
 
     Args:
         manifest: a checked manifest (see :func:`client.manifest.load_manifest`).
@@ -72,6 +91,11 @@ class ManifestDataset(Dataset):
         self._paths: list[tuple[str, ...]] = list(
             rows[list(self.modalities)].itertuples(index=False, name=None)
         )
+        # the mask only when some row of the site misses a modality (an all-ones mask changes
+        # nothing), so complete sites keep the plain (x_1, ..., x_M, y) items
+        self._with_mask = uses_modality_mask(task) and bool(
+            (manifest.frame[list(self.modalities)] == "").to_numpy().any()
+        )
         self._features: torch.Tensor | None = None
         if task.features:
             transform = feature_transform or site_feature_transform(manifest)
@@ -97,8 +121,9 @@ class ManifestDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
         images = [self._image(index, j) for j in range(len(self.modalities))]
+        mask = (modality_mask(self._paths[index]),) if self._with_mask else ()
         features = () if self._features is None else (self._features[index],)
-        return (*images, *features, torch.tensor(self._labels[index], dtype=torch.int64))
+        return (*images, *mask, *features, torch.tensor(self._labels[index], dtype=torch.int64))
 
     def _image(self, index: int, modality: int) -> torch.Tensor:
         cell = self._paths[index][modality]
@@ -152,7 +177,8 @@ class ManifestDataset(Dataset):
             missing = sum(1 for paths in self._paths if not paths[j])
             if missing:
                 logger.info(
-                    "split %s: modality %s is missing in %d of %d rows; they get a zero image",
+                    "split %s: modality %s is missing in %d of %d rows; they get a zero image "
+                    "(masked out of the fusion)",
                     self.split,
                     m,
                     missing,

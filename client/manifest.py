@@ -24,6 +24,7 @@ import pandas as pd
 from client.features import feature_problems
 from client.splits import SPLITS, SplitError, assign_splits
 from models._options import look_up_option
+from models._registry import handles_missing_modalities
 from models.tasks import TaskSpec
 
 __all__ = [
@@ -337,6 +338,7 @@ class _Checker:
         columns = set(frame.columns)
         modalities = [m for m in self.task.modalities if m in columns]
         resolved: dict[str, list[str]] = {m: [] for m in modalities}
+        refuse_missing = len(self.task.modalities) >= 2 and not self._model_handles_missing()
         label_index: list[int] = []
         for row, record in zip(frame.index, frame.to_dict("records"), strict=True):
             if "patient_id" in columns and not record["patient_id"]:
@@ -350,6 +352,10 @@ class _Checker:
                     f"every modality is empty ({', '.join(modalities)}); "
                     "a row needs at least one image",
                 )
+            elif refuse_missing:
+                for m in modalities:
+                    if not record[m]:
+                        self.add(row, m, self._missing_modality_message(m))
             for m in modalities:
                 resolved[m].append(self._cell(row, m, record[m]))
         for m in modalities:
@@ -365,6 +371,19 @@ class _Checker:
         if "row" not in columns:  # else a reserved-name problem is already recorded
             frame.insert(0, "row", np.asarray(frame.index, dtype=np.int64))
         return frame
+
+    def _model_handles_missing(self) -> bool:
+        try:
+            return handles_missing_modalities(self.task.model)
+        except ValueError:  # an unknown model is reported where the model is built
+            return True
+
+    def _missing_modality_message(self, modality: str) -> str:
+        return (
+            f"modality {modality!r} is empty, and model {self.task.model!r} cannot handle a "
+            "missing modality (only models registered with handles_missing_modalities, e.g. "
+            "mufnet and resnet_fusion, mask it out of the fusion); add the image or drop the row"
+        )
 
     def _label(self, row: int, value: str) -> int:
         classes = self.task.classes

@@ -143,18 +143,19 @@ class TaskSpec:
         for key, value in data.items():
             if key not in known:
                 continue
-            if key in ("modalities", "classes", "features", "bags"):
+            kind = str(known[key].type)
+            if kind.startswith("tuple"):
                 if not isinstance(value, list | tuple) or not all(
                     isinstance(v, str) and v for v in value
                 ):
                     problems.append(f"{key!r} must be a list of non-empty strings, got {value!r}")
                     continue
                 value = tuple(value)
-            elif key in ("image_size", "in_chans"):
+            elif kind == "int":
                 if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                     problems.append(f"{key!r} must be an integer >= 0, got {value!r}")
                     continue
-            elif key in ("model_kwargs", "categories"):
+            elif kind.startswith("dict"):
                 if not isinstance(value, dict):
                     problems.append(f"{key!r} must be an object, got {value!r}")
                     continue
