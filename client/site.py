@@ -121,7 +121,7 @@ class RoundSettings:
         task = base.replace(
             backbone=str(get("backbone", "")),
             image_size=int(get("image-size", 0)),  # type: ignore[call-overload]
-        )
+        ).with_model_options(str(get("model-options", "")))
         server_round = int(get("server-round", 1))  # type: ignore[call-overload]
         epochs = int(get("local-epochs", 1))  # type: ignore[call-overload]
         train = TrainConfig(

@@ -107,6 +107,26 @@ class TaskSpec:
         kept = {k: v for k, v in changes.items() if v not in (None, "", 0, ())}
         return dataclasses.replace(self, **kept)  # type: ignore[arg-type]
 
+    def with_model_options(self, text: str) -> TaskSpec:
+        """A copy whose ``model_kwargs`` are updated from ``"key=value key=value"`` (the run
+        config's ``model-options``, e.g. ``"top_k=2 loss_weights=0.5,0.5,0.5,1"``); values that
+        read as int, float or true/false become one, the rest stay strings.
+
+        Raises:
+            ValueError: an item is not ``key=value``.
+        """
+        options = dict(self.model_kwargs)
+        problems = []
+        for item in text.split():
+            key, sep, value = item.partition("=")
+            if not sep or not key or not value:
+                problems.append(f"expected key=value, got {item!r}")
+                continue
+            options[key] = _option_value(value)
+        if problems:
+            raise ValueError(f"model-options {text!r}: " + "; ".join(problems))
+        return dataclasses.replace(self, model_kwargs=options) if text.strip() else self
+
     def to_dict(self) -> dict[str, object]:
         out = dataclasses.asdict(self)
         for key in ("modalities", "classes", "features", "bags"):
@@ -184,6 +204,17 @@ class TaskSpec:
         except json.JSONDecodeError as err:
             raise TaskDefinitionError(f"{source}: not valid JSON: {err}") from err
         return cls.from_dict(data, source=source)
+
+
+def _option_value(text: str) -> object:
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 _TASKS: dict[str, TaskSpec] = {}
@@ -332,3 +363,20 @@ for _suffix, _model, _kwargs, _what in (
         )
     )
 del _suffix, _model, _kwargs, _what
+
+# Glomerular disease (CMUS-Net): a bag of transmission electron microscopy fields, one light
+# microscopy (OM) and one immunofluorescence (IM) image per biopsy (see models.cmusnet).
+register_task(
+    TaskSpec(
+        name="glomerular-disease",
+        model="cmusnet",
+        modalities=("tem", "om", "im"),
+        bags=("tem",),
+        classes=("IgAN", "MN", "LN"),
+        image_size=224,
+        backbone="resnet10t",
+        model_kwargs={"top_k": 3, "loss_weights": "0.3,0.3,0.3,1.0"},
+        description="glomerular disease: IgAN / MN / LN from a TEM bag + light + "
+        "immunofluorescence microscopy (CMUS-Net)",
+    )
+)

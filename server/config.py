@@ -52,6 +52,7 @@ CLIENT_KEYS = (
     "dp-epsilon",
     "dp-delta",
     "dp-max-grad-norm",
+    "model-options",
 )
 
 
@@ -65,6 +66,7 @@ class RunConfig:
     task_json: str = ""
     backbone: str = ""
     image_size: int = 0
+    model_options: str = ""  # "key=value ..." over the task's model_kwargs (e.g. "top_k=2")
     num_server_rounds: int = 3
     local_epochs: int = 1
     batch_size: int = 16
@@ -221,7 +223,7 @@ class RunConfig:
         if self.strategy == "fedprox" and self.proximal_mu == 0:
             _log.warning("strategy fedprox with proximal-mu 0 is FedAvg")
         try:
-            self._base_task()
+            self._base_task().with_model_options(self.model_options)
         except ValueError as err:
             problems.append(str(err))
         if problems:
@@ -234,8 +236,9 @@ class RunConfig:
 
     def task_spec(self) -> TaskSpec:
         """The task (the preset, or the ad-hoc ``task-json``) with this run's backbone /
-        image-size overrides applied."""
-        return self._base_task().replace(backbone=self.backbone, image_size=self.image_size)
+        image-size overrides and ``model-options`` applied."""
+        task = self._base_task().replace(backbone=self.backbone, image_size=self.image_size)
+        return task.with_model_options(self.model_options)
 
     @property
     def uses_dp_model(self) -> bool:
