@@ -40,6 +40,9 @@ def _cell(stat: dict[str, Any] | None) -> str:
     if stat.get("n", 0) < 2 or stat.get("sd") is None:
         return _f(stat["mean"])
     low, high = stat.get("ci") or (None, None)
+    # every table metric lies in [0, 1]; the t interval of a mean near a bound can pass it
+    low = None if low is None else max(0.0, low)
+    high = None if high is None else min(1.0, high)
     return f"{_f(stat['mean'])} ± {_f(stat['sd'])} ({_f(low)}-{_f(high)})"
 
 
@@ -143,7 +146,9 @@ def _answer(results: dict[str, Any]) -> list[str]:
             continue
         verdict = "higher" if c["diff"] > 0 else "lower"
         lines.append(
-            f"- **{c['comparison']}: {c['a']} vs {c['b']}** (seed {c['seed']}, "
+            f"- **{c['a']} vs {c['b']}**"
+            + (" (best single modality)" if c["comparison"] == "fused vs best single" else "")
+            + f" (seed {c['seed']}, "
             f"{c['n']} test rows{', out-of-fold' if results['experiment']['folds'] > 1 else ''}): "
             f"AUC {_f(c['auc_a'])} vs {_f(c['auc_b'])}, {verdict} by {_f(abs(c['diff']))} "
             f"(95% CI of the difference {_f(c['diff_ci'][0])} to {_f(c['diff_ci'][1])}), "
@@ -334,7 +339,8 @@ def write_experiment_report(
     lines += [
         "## Methods x metrics: pooled test set",
         "",
-        f"{stat_note}. Pooled = the union of all sites' test rows. The last column scores every",
+        f"{stat_note} (clipped to [0, 1]). Pooled = the union of all sites' test rows. The last",
+        "column scores every",
         "patient once (the out-of-fold predictions of all folds; one value per seed) with the",
         "DeLong 95% CI (bootstrap CI for multi-class macro AUC).",
         "",
