@@ -281,6 +281,19 @@ register_task(
         description="RCC WHO/ISUP grade (low G1-G2 vs high G3-G4) from B-mode + CEUS (MUF-Net)",
     )
 )
+# The study's single-modality baselines: the same grades from B-mode or CEUS alone.
+for _modality in ("bmode", "ceus"):
+    register_task(
+        TaskSpec(
+            name=f"rcc-grading-{_modality}",
+            model="single_modality",
+            modalities=(_modality,),
+            classes=("low", "high"),
+            image_size=300,
+            backbone="efficientnet_b3",
+            description=f"RCC WHO/ISUP grade from {_modality} alone (single-modality baseline)",
+        )
+    )
 
 # Cervical lymph nodes, three hospitals: 2D grey-scale, colour Doppler (CDFI) and elastography
 # ultrasound; an ImageNet-style ResNet per modality, fused (see models.resnet_fusion).

@@ -42,7 +42,7 @@ from simulation.synthetic_lymph import generate_lymph_node
 from strategies.central_dp import central_dp_epsilon
 from strategies.history import RoundRecord, RunHistory, json_safe
 
-__all__ = ["SimulationOptions", "simulate", "METHODS", "prepare_data"]
+__all__ = ["SimulationOptions", "client_resources", "simulate", "METHODS", "prepare_data"]
 
 _log = logging.getLogger(__name__)
 
@@ -72,7 +72,10 @@ class SimulationOptions:
         overrides: further run-config overrides (kebab-case keys).
         cpus: CPUs Ray may use; default all of this machine's.
         cpus_per_site: CPUs reserved per simulated site (bounds parallel sites). Default 1.
-        ray_address: an existing Ray cluster to join instead of starting one.
+        ray_address: an existing Ray cluster to join instead of starting one (``auto`` or
+            ``HOST:PORT``); Ray's own resources are then the cluster's.
+        client_gpus: GPUs (fractions allowed) reserved per simulated site. Default 0.
+        run_label: appended to run names in the run store (e.g. ``" seed 0 fold 1"``).
         site_budget: DP settings every simulated site gets as its own node config
             (``dp-epsilon``, ``dp-delta``, ``dp-max-grad-norm``); empty = no local DP.
         site_epsilon: one site's own ``dp-epsilon`` (by site name), over ``site_budget``.
@@ -89,6 +92,8 @@ class SimulationOptions:
     cpus: int | None = None
     cpus_per_site: float = 1.0
     ray_address: str | None = None
+    client_gpus: float = 0.0
+    run_label: str = ""
     verbose: bool = False
     site_budget: Mapping[str, float] | None = None
     site_epsilon: Mapping[str, float] | None = None
@@ -207,7 +212,7 @@ def _run_fedavg(
         ),
         num_supernodes=len(sites),
         backend_config={
-            "client_resources": {"num_cpus": options.cpus_per_site, "num_gpus": 0.0},
+            "client_resources": client_resources(options),
             "init_args": init_args,
         },
         verbose_logging=options.verbose,
@@ -217,13 +222,35 @@ def _run_fedavg(
     return outcome["result"]
 
 
+def client_resources(options: SimulationOptions) -> dict[str, float]:
+    """Ray resources each simulated site reserves; they bound how many sites run at once."""
+    problems = []
+    if not options.cpus_per_site > 0:
+        problems.append(f"client CPUs must be > 0, got {options.cpus_per_site}")
+    if not options.client_gpus >= 0:
+        problems.append(f"client GPUs must be >= 0, got {options.client_gpus}")
+    if options.cpus and not options.ray_address and options.cpus_per_site > options.cpus:
+        problems.append(
+            f"each site asks for {options.cpus_per_site} CPUs but the simulation has "
+            f"{options.cpus}: no site could ever start"
+        )
+    if problems:
+        raise ValueError("invalid simulation resources: " + "; ".join(problems))
+    return {"num_cpus": float(options.cpus_per_site), "num_gpus": float(options.client_gpus)}
+
+
 def simulate(
     scenario: Scenario,
     options: SimulationOptions,
     *,
     on_round_end: Callable[[str, RoundRecord], None] | None = None,
+    write_results: bool = True,
 ) -> dict[str, Any]:
-    """Run every requested method and write ``results.json``; returns the results dict."""
+    """Run every requested method and (by default) write ``results.json``; returns the results.
+
+    Every run's final model is saved under ``out_dir``: ``<method>/global_model.pt``,
+    ``local/<site>/global_model.pt`` and ``pooled/global_model.pt``.
+    """
     methods = tuple(look_up_option("method", m, METHODS) for m in options.methods)
     run_config: dict[str, Any] = {**scenario.run, "task": scenario.task, "seed": options.seed}
     run_config.update(options.overrides or {})
@@ -245,6 +272,7 @@ def simulate(
     too_few = federation_size_problems(config, sites)
     if too_few and any(m in FEDERATED_METHODS for m in methods):
         raise RunConfigError("invalid run config: " + "; ".join(too_few))
+    client_resources(options)
     for method in (m for m in methods if m in FEDERATED_METHODS):
         RunConfig.from_mapping({**run_config, "strategy": method})  # e.g. secagg is FedAvg only
     task = config.task_spec()
@@ -257,7 +285,7 @@ def simulate(
             runs += _run_baseline(method, manifest, sites, config, options, on_round_end)
             continue
         method_config = {**run_config, "strategy": method, "out-dir": str(out_dir / method)}
-        method_config.setdefault("run-name", f"{scenario.name}/{method}")
+        method_config.setdefault("run-name", f"{scenario.name}/{method}{options.run_label}")
         started = time.perf_counter()
 
         def _round_done(record: RoundRecord, _method: str = method) -> None:
@@ -292,7 +320,8 @@ def simulate(
     }
     results = json_safe(results)
     validate_results(results)
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    if write_results:
+        (out_dir / "results.json").write_text(json.dumps(results, indent=2))
     return results
 
 
@@ -309,12 +338,17 @@ def _run_baseline(
     torch.set_num_threads(options.cpus or os.cpu_count() or 1)
     manifests = site_manifests(manifest, sites, config)
     if method == "pooled":
-        history, seconds = run_pooled(manifests, config, on_round_end=on_round_end)
+        history, seconds = run_pooled(
+            manifests,
+            config,
+            on_round_end=on_round_end,
+            save_to=options.out_dir / "pooled" / "global_model.pt",
+        )
         return [_run_entry("pooled", history, seconds, config)]
     return [
         _run_entry(name, history, seconds, config)
         for name, (history, seconds) in run_local(
-            manifests, config, on_round_end=on_round_end
+            manifests, config, on_round_end=on_round_end, save_dir=options.out_dir / "local"
         ).items()
     ]
 
