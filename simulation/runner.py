@@ -231,7 +231,6 @@ def simulate(
         run_config.update({"task": options.task.name, "task-json": options.task.to_json()})
     if options.rounds is not None:
         run_config["num-server-rounds"] = options.rounds
-    options.per_site(sites)  # unknown site names fail before anything starts
     if options.local_dp:
         run_config["dp-safe-model"] = True  # sites with a DP budget need a GroupNorm model
     RunConfig.from_mapping(run_config)  # names, ranges, combinations: before generating data
@@ -239,6 +238,7 @@ def simulate(
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = options.manifest or prepare_data(scenario, out_dir / "data", seed=options.seed)
     sites = _sites_of(manifest)
+    options.per_site(sites)  # unknown site names fail before anything starts
     run_config.setdefault("min-train-nodes", len(sites))
     run_config.setdefault("min-available-nodes", len(sites))
     config = RunConfig.from_mapping(run_config)  # fail before starting Ray
