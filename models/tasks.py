@@ -163,18 +163,19 @@ class TaskSpec:
         for key, value in data.items():
             if key not in known:
                 continue
-            if key in ("modalities", "classes", "features", "bags"):
+            kind = str(known[key].type)
+            if kind.startswith("tuple"):
                 if not isinstance(value, list | tuple) or not all(
                     isinstance(v, str) and v for v in value
                 ):
                     problems.append(f"{key!r} must be a list of non-empty strings, got {value!r}")
                     continue
                 value = tuple(value)
-            elif key in ("image_size", "in_chans"):
+            elif kind == "int":
                 if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                     problems.append(f"{key!r} must be an integer >= 0, got {value!r}")
                     continue
-            elif key in ("model_kwargs", "categories"):
+            elif kind.startswith("dict"):
                 if not isinstance(value, dict):
                     problems.append(f"{key!r} must be an object, got {value!r}")
                     continue
@@ -280,6 +281,19 @@ register_task(
         description="RCC WHO/ISUP grade (low G1-G2 vs high G3-G4) from B-mode + CEUS (MUF-Net)",
     )
 )
+# The study's single-modality baselines: the same grades from B-mode or CEUS alone.
+for _modality in ("bmode", "ceus"):
+    register_task(
+        TaskSpec(
+            name=f"rcc-grading-{_modality}",
+            model="single_modality",
+            modalities=(_modality,),
+            classes=("low", "high"),
+            image_size=300,
+            backbone="efficientnet_b3",
+            description=f"RCC WHO/ISUP grade from {_modality} alone (single-modality baseline)",
+        )
+    )
 
 # Cervical lymph nodes, three hospitals: 2D grey-scale, colour Doppler (CDFI) and elastography
 # ultrasound; an ImageNet-style ResNet per modality, fused (see models.resnet_fusion).
