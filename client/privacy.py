@@ -55,12 +55,16 @@ class PrivacyBudget:
         max_grad_norm: per-sample gradient clipping norm (> 0). Default 1.0.
         max_noise_multiplier: the site declines to train when its budget would need more
             noise than this (the update would be noise, not learning). Default 10.
+        noise_multiplier: a fixed DP-SGD noise multiplier instead of one planned to spend
+            ``epsilon`` over the run's rounds; ``epsilon`` stays the cap (the site declines a
+            round that would exceed it). Default None (planned).
     """
 
     epsilon: float
     delta: float = 1e-5
     max_grad_norm: float = 1.0
     max_noise_multiplier: float = 10.0
+    noise_multiplier: float | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -72,24 +76,34 @@ class PrivacyBudget:
             problems.append(f"dp-max-grad-norm must be > 0, got {self.max_grad_norm}")
         if not self.max_noise_multiplier > 0:
             problems.append(f"dp-max-noise-multiplier must be > 0, got {self.max_noise_multiplier}")
+        if self.noise_multiplier is not None and not (
+            math.isfinite(self.noise_multiplier) and self.noise_multiplier > 0
+        ):
+            problems.append(f"dp-noise-multiplier must be > 0, got {self.noise_multiplier}")
         if problems:
             raise PrivacyConfigError("invalid privacy budget: " + "; ".join(problems))
 
     @classmethod
     def from_config(cls, config: Mapping[str, object], *, source: str) -> PrivacyBudget | None:
-        """Read ``dp-epsilon``/``dp-delta``/``dp-max-grad-norm``; None when epsilon is unset/0."""
+        """Read ``dp-epsilon``/``dp-delta``/``dp-max-grad-norm`` (and the optional
+        ``dp-noise-multiplier``); None when epsilon is unset/0."""
         try:
             epsilon = float(config.get("dp-epsilon", 0) or 0)  # type: ignore[arg-type]
             delta = float(config.get("dp-delta", 0) or 1e-5)  # type: ignore[arg-type]
             clip = float(config.get("dp-max-grad-norm", 0) or 1.0)  # type: ignore[arg-type]
             max_noise = float(config.get("dp-max-noise-multiplier", 0) or 10.0)  # type: ignore[arg-type]
+            fixed = float(config.get("dp-noise-multiplier", 0) or 0)  # type: ignore[arg-type]
         except (TypeError, ValueError) as err:
             raise PrivacyConfigError(f"{source}: DP settings must be numbers ({err})") from err
         if epsilon == 0:
             return None
         try:
             return cls(
-                epsilon=epsilon, delta=delta, max_grad_norm=clip, max_noise_multiplier=max_noise
+                epsilon=epsilon,
+                delta=delta,
+                max_grad_norm=clip,
+                max_noise_multiplier=max_noise,
+                noise_multiplier=fixed or None,
             )
         except PrivacyConfigError as err:
             raise PrivacyConfigError(f"{source}: {err}") from err
@@ -108,7 +122,14 @@ def effective_budget(
         delta=min(site.delta, requested.delta),
         max_grad_norm=min(site.max_grad_norm, requested.max_grad_norm),
         max_noise_multiplier=site.max_noise_multiplier,  # the site's own policy
+        noise_multiplier=_more_noise(site.noise_multiplier, requested.noise_multiplier),
     )
+
+
+def _more_noise(a: float | None, b: float | None) -> float | None:
+    """The larger fixed noise multiplier (more noise is stricter); None when neither is set."""
+    given = [x for x in (a, b) if x is not None]
+    return max(given) if given else None
 
 
 @dataclass

@@ -333,10 +333,13 @@ class SiteSession:
             raise PrivacyConfigError(f"site {self.site_id} has no training rows")
         sample_rate = 1 / steps_per_epoch
         round_steps = steps_per_epoch * rounds.local_epochs
-        noise = plan_noise_multiplier(
-            budget, sample_rate=sample_rate, total_steps=round_steps * rounds.num_rounds
-        )
-        if noise > budget.max_noise_multiplier:
+        if budget.noise_multiplier is not None:  # the site fixed its noise; epsilon is the cap
+            noise = budget.noise_multiplier
+        else:
+            noise = plan_noise_multiplier(
+                budget, sample_rate=sample_rate, total_steps=round_steps * rounds.num_rounds
+            )
+        if noise > budget.max_noise_multiplier and budget.noise_multiplier is None:
             raise BudgetExhausted(
                 f"site {self.site_id} declines round {rounds.server_round}: a budget of epsilon "
                 f"{budget.epsilon:g} over {rounds.num_rounds} rounds needs noise multiplier "

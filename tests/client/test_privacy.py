@@ -111,6 +111,29 @@ def test_dp_rounds_spend_within_budget_then_decline(manifest: Path) -> None:
         session.train_private(_rounds(3, 2), budget, ledger)
 
 
+def test_fixed_noise_multiplier_is_used_and_the_budget_still_caps(manifest: Path) -> None:
+    budget = PrivacyBudget.from_config(
+        {"dp-epsilon": 3.0, "dp-delta": 1e-4, "dp-noise-multiplier": 2.0}, source="node config"
+    )
+    assert budget.noise_multiplier == 2.0
+    # the stricter of site and server: the larger fixed noise
+    stricter = effective_budget(budget, PrivacyBudget(epsilon=9.0, noise_multiplier=3.0))
+    assert stricter.noise_multiplier == 3.0 and stricter.epsilon == 3.0
+    settings = SiteSettings.from_node_config(
+        {"data-path": str(manifest), "site-id": "a", "dp-epsilon": 3.0, "dp-delta": 1e-4,
+         "dp-noise-multiplier": 2.0}
+    )  # fmt: skip
+    session = SiteSession(settings, _rounds(1, 50).task, dp_safe=True)
+    ledger, reports = PrivacyLedger(), []
+    with pytest.raises(BudgetExhausted, match="above the site's budget 3"):
+        for server_round in range(1, 51):  # far more rounds than a budget of 3 allows
+            _, report, ledger = session.train_private(_rounds(server_round, 50), budget, ledger)
+            reports.append(report)
+    # it trained with the site's noise (not a planned one) until the cap
+    assert len(reports) >= 1 and all(r.noise_multiplier == 2.0 for r in reports)
+    assert reports[-1].epsilon_spent <= 3.0 * 1.001
+
+
 def test_site_with_budget_refuses_a_batchnorm_model(manifest: Path) -> None:
     settings = SiteSettings.from_node_config(
         {"data-path": str(manifest), "site-id": "a", "dp-epsilon": 3.0}
