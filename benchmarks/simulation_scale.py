@@ -1,12 +1,13 @@
 """Simulation scale: wall time per round and peak memory vs the number of simulated sites.
 
-The CKD clinical task (the study's GRU on 24 clinical features, 3,393 parameters) on the UCI
-CKD table split into N simulated sites (2, 10, 50; 400 patients in all), through
-``simulation.runner.simulate`` with 2 CPUs: a small model, so what grows with N is the
-platform's own cost (messages, site sessions, Ray actors). Reported per N: seconds per round
-(the last round; the first also builds every site's session), total wall time, and the peak
-resident memory of this process and all its children (Ray's processes included), sampled;
-resident sizes of processes that share pages are summed, so this is an upper bound.
+MUF-Net with timm's tiny ``test_efficientnet`` branches on 32 px synthetic dual-center
+images, 8 patients per site (one B-mode/CEUS pair each), N = 2, 10, 50 simulated sites,
+through ``simulation.runner.simulate`` with 2 CPUs: each site's work is the same, so what
+grows with N is the platform's own cost (messages, site sessions, Ray actors). Reported per
+N: seconds per round (the last round; the first also builds every site's session), that per
+site, total wall time, and the peak resident memory of this process and all its children
+(Ray's processes included), sampled; resident sizes of processes that share pages are
+summed, so this is an upper bound.
 
     python -m benchmarks.simulation_scale [--quick]
 """
@@ -22,14 +23,14 @@ from typing import Any
 import psutil
 
 from benchmarks._common import Target, bench_main, ratio
-from simulation.ckd import prepare_ckd_sites
 from simulation.runner import SimulationOptions, simulate
 from simulation.scenario import Scenario
+from simulation.synthetic import generate_dual_center
 
 __all__ = ["run", "main"]
 
 DESCRIPTION = __doc__.splitlines()[0]
-_PATIENTS = 400
+_PATIENTS_PER_SITE = 8
 
 
 def _tree_rss() -> int:
@@ -67,21 +68,26 @@ class _TreePeak:
 
 
 def _one(sites: int, rounds: int, out_dir: Path) -> dict[str, Any]:
-    per_site = _PATIENTS // sites
-    manifest = prepare_ckd_sites(
+    per_site = _PATIENTS_PER_SITE
+    manifest = generate_dual_center(
         out_dir / "data",
         patients_per_site=[(f"site-{i:02d}", per_site) for i in range(sites)],
-        source=None,
+        images_per_patient=(1, 1),
+        image_size=32,
+        high_grade_fraction=0.5,
+        modality_signal=2.5,
         seed=0,
     )
     scenario = Scenario(
         name=f"scale-{sites}",
-        task="ckd-risk",
+        task="rcc-grading",
         run={
+            "backbone": "test_efficientnet",
+            "image-size": 32,
             "num-server-rounds": rounds,
             "local-epochs": 1,
-            "batch-size": 16,
-            "learning-rate": 0.2,
+            "batch-size": 4,
+            "learning-rate": 0.02,
             "client-threads": 1,
         },
     )

@@ -127,17 +127,24 @@ def encode_update(
     state: Mapping[str, torch.Tensor], received: Mapping[str, torch.Tensor], update_dtype: str
 ) -> ArrayRecord:
     """A train reply's arrays: the weights (``float32``), or for ``float16`` each floating
-    array's difference from the global weights received, in half precision (integer arrays,
-    e.g. BatchNorm's ``num_batches_tracked``, travel as they are). The server adds the mean
+    array's difference from the global weights received, in half precision (float32 for a
+    difference beyond float16's range; integer arrays, e.g. BatchNorm's
+    ``num_batches_tracked``, travel as they are). The server adds the mean
     difference back to its global weights (``strategies.streaming``)."""
     if update_dtype == "float32":
         return record_from_state(state)
     if update_dtype != "float16":
         raise ValueError(f"update-dtype must be float32 or float16, got {update_dtype!r}")
-    encoded = {
-        key: (value - received[key]).half() if value.is_floating_point() else value
-        for key, value in state.items()
-    }
+    encoded = {}
+    for key, value in state.items():
+        if not value.is_floating_point():
+            encoded[key] = value
+            continue
+        difference = value - received[key]
+        half = difference.half()
+        # a difference beyond float16's range (65504; e.g. BatchNorm variances of an
+        # untrained network) travels at full precision rather than as inf
+        encoded[key] = half if bool(torch.isfinite(half).all()) else difference
     return record_from_state(encoded)
 
 

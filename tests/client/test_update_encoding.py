@@ -103,3 +103,17 @@ def test_update_dtype_is_checked_in_the_run_config():
         RunConfig.from_mapping({"update-dtype": "float16", "central-dp-noise-multiplier": 1.0})
     with pytest.raises(ValueError, match="float32 or float16"):
         encode_update({}, {}, "bfloat16")
+
+
+def test_a_difference_beyond_float16_range_travels_in_float32():
+    start = {"bn.running_var": torch.ones(4), "w": torch.zeros(3)}
+    state = {"bn.running_var": torch.tensor([1.0, 2e5, 3.0, 4.0]), "w": torch.ones(3)}
+    encoded = encode_update(state, start, "float16")
+    assert encoded["w"].dtype == "float16"
+    assert encoded["bn.running_var"].dtype == "float32"
+    strategy = StreamingFedAvg()
+    strategy.update_dtype = "float16"
+    strategy._round_start_arrays = ArrayRecord(start)
+    decoded, _ = strategy.aggregate_train(1, [_reply(1, encoded, 5)])
+    np.testing.assert_array_equal(decoded["bn.running_var"].numpy(), [1.0, 2e5, 3.0, 4.0])
+    np.testing.assert_array_equal(decoded["w"].numpy(), np.ones(3, dtype=np.float32))
