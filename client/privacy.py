@@ -212,8 +212,12 @@ def grad_sample_mode_for(model: nn.Module) -> str:
     ``benchmarks/dp_cost.py`` measures the modes on the DP-safe MUF-Net: expanded weights ran
     a DP-SGD epoch fastest in every run (e.g. 1.8x a plain epoch, against 2.0x with hooks and
     2.8x with functorch, on 2 heavily loaded CPU cores) with the same per-sample gradients
-    (tests/client/test_privacy.py); recurrent layers (Opacus' DPGRU) need hooks.
+    (tests/client/test_privacy.py); recurrent layers (Opacus' DPGRU) need hooks, and so does
+    a model with its own ``training_loss`` (CMUS-Net): expanded weights only see calls made
+    through the wrapper's ``forward``, and that loss also runs the auxiliary heads.
     """
+    if callable(getattr(model, "training_loss", None)):
+        return "hooks"
     for module in model.modules():
         if not any(p.requires_grad for p in module.parameters(recurse=False)):
             continue
