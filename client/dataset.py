@@ -5,6 +5,13 @@ modality in task order, then the label as an int64 scalar tensor. A task with cl
 features adds their float32 ``(F,)`` vector after the images: ``(x_1, ..., x_M, f, y)``
 (``(f, y)`` for a clinical-only task); see :mod:`client.features` for how it is made. Flat
 tuples of tensors are what Opacus' ``DPDataLoader`` collates without help.
+
+Segmentation tasks (``models.factory.task_kind``) end items with their targets in the same
+way: ``(x, m)`` for a segmentation model, ``(x, f, m, y)`` for segmentation + risk (DFS), with
+``m`` the label map from the ``mask`` column as an int64 ``(1, S, S)`` tensor (resized with
+nearest neighbours; for a 2-class task any value > 0 is foreground). Their images get the
+deterministic chain plus a random left-right flip shared by image and mask (train only), and
+rows whose image or mask file cannot be read are left out and listed in ``skipped_rows``.
 """
 
 from __future__ import annotations
@@ -17,9 +24,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from client.features import FeatureTransform, site_feature_transform
-from client.manifest import Manifest
+from client.manifest import MASK_COLUMN, Manifest, ManifestProblem, image_problem
 from client.sampler import ClassBalancedSampler
-from client.transforms import eval_transforms, load_image, train_transforms
+from client.transforms import eval_transforms, load_image, resize_mask, train_transforms
+from models.factory import task_kind
 
 __all__ = ["ManifestDataset", "make_loader"]
 
@@ -59,8 +67,16 @@ class ManifestDataset(Dataset):
         self.split = split
         self.train = train
         self.modalities: tuple[str, ...] = tuple(task.modalities)
+        self._task_classes = task.classes
+        self._seg_classes_option = task.model_kwargs.get("seg_classes", 2)
         self.image_size = task.image_size
         self.in_chans = task.in_chans
+        self.kind = task_kind(task)
+        self.skipped_rows: list[ManifestProblem] = []
+        if self.kind != "classification":
+            rows = self._readable(rows)
+        self._masks: list[str] = list(rows[MASK_COLUMN]) if self.kind != "classification" else []
+        self._flip = np.random.RandomState(seed) if train and self._masks else None
         self._rows = rows["row"].to_numpy(dtype=np.int64)
         self._labels = rows["label_index"].to_numpy(dtype=np.int64)
         self._paths: list[tuple[str, ...]] = list(
@@ -76,7 +92,7 @@ class ManifestDataset(Dataset):
         self._prepare = eval_transforms(self.image_size, in_chans=self.in_chans) if images else None
         self._augment = (
             train_transforms(self.image_size, in_chans=self.in_chans, seed=seed)
-            if train and images
+            if train and images and not self._masks  # segmentation: flip image and mask only
             else None
         )
         self._cache: dict[tuple[int, int], torch.Tensor] | None = {} if cache_decoded else None
@@ -92,7 +108,53 @@ class ManifestDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
         images = [self._image(index, j) for j in range(len(self.modalities))]
         features = () if self._features is None else (self._features[index],)
-        return (*images, *features, torch.tensor(self._labels[index], dtype=torch.int64))
+        label = torch.tensor(self._labels[index], dtype=torch.int64)
+        if not self._masks:
+            return (*images, *features, label)
+        mask = self._mask(index)
+        if self._flip is not None and self._flip.rand() < 0.5:
+            images = [x.flip(-1) for x in images]
+            mask = mask.flip(-1)
+        targets = (mask,) if self.kind == "segmentation" else (mask, label)
+        return (*images, *features, *targets)
+
+    def _mask(self, index: int) -> torch.Tensor:
+        path = self._masks[index]
+        try:
+            raw = load_image(path)
+        except Exception as err:
+            raise ValueError(
+                f"row {self._rows[index]}, column {MASK_COLUMN!r}: cannot load {path}: {err}"
+            ) from err
+        return resize_mask(raw, self.image_size, binary=self._seg_classes == 2)
+
+    @property
+    def _seg_classes(self) -> int:
+        if self.kind == "segmentation":
+            return len(self._task_classes)
+        return int(self._seg_classes_option)
+
+    def _readable(self, rows):  # type: ignore[no-untyped-def]
+        """``rows`` without those whose image or mask file cannot be read (kept in
+        ``skipped_rows`` with the reason; logged once)."""
+        keep = []
+        for record in rows.to_dict("records"):
+            problems = [
+                ManifestProblem(int(record["row"]), column, f"cannot read {path!r}: {reason}")
+                for column in (*self.modalities, MASK_COLUMN)
+                for path in [record[column]]
+                if path and (reason := image_problem(path)) is not None
+            ]
+            self.skipped_rows += problems
+            keep.append(not problems)
+        if self.skipped_rows:
+            logger.warning(
+                "split %s: %d row(s) left out, their files cannot be read: %s",
+                self.split,
+                len({p.row for p in self.skipped_rows}),
+                "; ".join(str(p) for p in self.skipped_rows[:5]),
+            )
+        return rows[np.asarray(keep, dtype=bool)].reset_index(drop=True)
 
     def _image(self, index: int, modality: int) -> torch.Tensor:
         path = self._paths[index][modality]

@@ -14,6 +14,15 @@ Builder contract (every registered model):
   ``num_features`` and ``num_modalities``; ``forward(*xs)`` takes one ``(B, C, H, W)`` tensor per
   modality and returns logits ``(B, num_classes)``; ``forward_features(*xs)`` returns
   ``(B, num_features)``; ``forward_head(x, pre_logits=False)``; ``reset_classifier(num_classes)``.
+
+Each model has a *kind* (``register_model(kind=...)``, default ``"classification"``) that tells the
+training and evaluation path what the model returns and which targets a batch carries
+(:data:`MODEL_KINDS`):
+
+* ``"classification"``: logits ``(B, num_classes)``; target: class index ``(B,)``;
+* ``"segmentation"``: mask logits ``(B, num_classes, H, W)``; target: label map ``(B, 1, H, W)``;
+* ``"segmentation-risk"``: a tuple ``(mask logits (B, K_seg, H, W), risk logits (B, 2))``;
+  targets: label map ``(B, 1, H, W)`` then risk class ``(B,)``.
 """
 
 from __future__ import annotations
@@ -37,6 +46,9 @@ __all__ = [
     "list_models",
     "is_model",
     "model_entrypoint",
+    "model_kind",
+    "kind_of",
+    "MODEL_KINDS",
 ]
 
 logger = logging.getLogger(__name__)
@@ -44,6 +56,14 @@ logger = logging.getLogger(__name__)
 ModelBuilder = Callable[..., nn.Module]
 
 _MODELS: dict[str, ModelBuilder] = {}
+_KINDS: dict[str, str] = {}
+
+#: model kind -> number of target tensors at the end of each batch (see the module docstring).
+MODEL_KINDS: dict[str, int] = {
+    "classification": 1,
+    "segmentation": 1,
+    "segmentation-risk": 2,
+}
 
 # Modules whose import registers the built-in models. Imported on first lookup so that
 # ``from models._registry import create_model`` works without importing them by hand.
@@ -51,6 +71,7 @@ _BUILTIN_MODEL_MODULES: tuple[str, ...] = (
     "models.mufnet",
     "models.resnet_fusion",
     "models.clinical",
+    "models.rusp_net",
 )
 _builtins_loaded = False
 
@@ -63,19 +84,28 @@ class PretrainedWeightsError(ModelConfigError):
     """A pretrained weights file that is missing, unreadable or does not fit the backbone."""
 
 
-def register_model(fn: ModelBuilder) -> ModelBuilder:
+def register_model(
+    fn: ModelBuilder | None = None, *, kind: str = "classification"
+) -> ModelBuilder | Callable[[ModelBuilder], ModelBuilder]:
     """Decorator: register ``fn`` as a model builder under ``fn.__name__``.
+
+    Use as ``@register_model`` or ``@register_model(kind="segmentation")``.
 
     Args:
         fn: builder taking keyword-only options (see the module docstring) and returning an
             ``nn.Module``.
+        kind: what the model predicts, one of :data:`MODEL_KINDS`. Default "classification".
 
     Returns:
         ``fn`` unchanged, so the builder can still be called directly.
 
     Raises:
         ValueError: another builder is already registered under the same name.
+        UnknownOptionError: ``kind`` is not a known kind.
     """
+    look_up_option("model kind", kind, MODEL_KINDS)
+    if fn is None:
+        return lambda builder: register_model(builder, kind=kind)  # type: ignore[return-value]
     name = fn.__name__
     existing = _MODELS.get(name)
     if existing is not None and (existing.__module__, existing.__qualname__) != (
@@ -87,7 +117,20 @@ def register_model(fn: ModelBuilder) -> ModelBuilder:
             "pick another builder name"
         )
     _MODELS[name] = fn
+    _KINDS[name] = kind
     return fn
+
+
+def model_kind(name: str) -> str:
+    """The kind of the registered model ``name`` (a key of :data:`MODEL_KINDS`)."""
+    model_entrypoint(name)  # raises with "did you mean" for unknown names
+    return _KINDS[_canonical(name)]
+
+
+def kind_of(model: nn.Module) -> str:
+    """The kind of a built model (its ``kind`` attribute; Opacus wrappers are looked through)."""
+    inner = getattr(model, "_module", model)  # opacus.GradSampleModule keeps the model there
+    return str(getattr(inner, "kind", "classification"))
 
 
 def _load_builtin_models() -> None:
