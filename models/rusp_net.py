@@ -11,9 +11,13 @@ RUSP-Net, after the DFS study: a residual U-Net built from MONAI blocks
   (dilation 2) 3x3 convolutions;
 * a 1x1 convolution to ``num_classes`` mask logits ``(B, K, H, W)`` (K = 2: background, tumour).
 
-Plain builds use BatchNorm; ``dp_safe=True`` uses GroupNorm (no running statistics), so Opacus
-accepts the network. Activations are ReLU (not in place) in both: MONAI's default PReLU has a
-parameter Opacus cannot compute per-sample gradients for.
+Normalisation is InstanceNorm with affine parameters by default (``norm="instance"``): no
+running statistics, so training and evaluation behave alike and FedAvg has no statistics to
+average (with BatchNorm, ``norm="batch"``, the few local steps of a federated round leave the
+running statistics far from the batch statistics, and the evaluated masks were empty in our
+runs). ``dp_safe=True`` turns BatchNorm into GroupNorm; instance and group norm are already
+accepted by Opacus. Activations are ReLU (not in place): MONAI's default PReLU has a parameter
+Opacus cannot compute per-sample gradients for.
 
 The DFS model (``dfs``) runs RUSP-Net on the CT slice and the study's clinical GRU
 (:class:`models.clinical.ClinicalGRU`, its 32-unit last hidden state) on the clinical features
@@ -44,8 +48,13 @@ _ACT = ("RELU", {"inplace": False})
 _PYRAMID_DILATIONS = (1, 2, 3)
 
 
-def _norm(channels: int, dp_safe: bool) -> tuple[str, dict[str, int]]:
-    if not dp_safe:
+_NORMS = ("instance", "batch", "group")
+
+
+def _norm(channels: int, norm: str) -> tuple[str, dict[str, object]]:
+    if norm == "instance":
+        return ("INSTANCE", {"affine": True})
+    if norm == "batch":
         return ("BATCH", {})
     return ("GROUP", {"num_groups": math.gcd(8, channels)})
 
@@ -65,9 +74,9 @@ class _DilatedPyramid(nn.Module):
     ``(B, C, h, w) -> (B, C, h, w)``.
     """
 
-    def __init__(self, channels: int, *, dp_safe: bool, dropout: float) -> None:
+    def __init__(self, channels: int, *, norm_name: str, dropout: float) -> None:
         super().__init__()
-        norm = _norm(channels, dp_safe)
+        norm = _norm(channels, norm_name)
         self.branches = nn.ModuleList(
             Convolution(2, channels, channels, kernel_size=3, dilation=d, norm=norm, act=_ACT)
             for d in _PYRAMID_DILATIONS
@@ -96,7 +105,9 @@ class RUSPNet(nn.Module):
             ``len(channels) - 1`` times. Default (16, 32, 64, 128, 256).
         dilated_decoder_levels: how many of the last (full-resolution side) decoder levels use
             dilation-2 convolutions. Default 2.
-        dp_safe: GroupNorm instead of BatchNorm (for Opacus). Default False.
+        norm: ``"instance"`` (affine InstanceNorm), ``"batch"`` or ``"group"`` (GroupNorm, up to
+            8 groups). Default "instance".
+        dp_safe: build for Opacus: ``norm="batch"`` becomes GroupNorm. Default False.
         drop_rate: dropout in the bottleneck pyramid. Default 0.0.
 
     ``forward(x)``: ``(B, in_chans, H, W) -> (B, K, H, W)`` mask logits (any H, W; sizes that
@@ -115,11 +126,13 @@ class RUSPNet(nn.Module):
         in_chans: int = 1,
         channels: Sequence[int] = (16, 32, 64, 128, 256),
         dilated_decoder_levels: int = 2,
+        norm: str = "instance",
         dp_safe: bool = False,
         drop_rate: float = 0.0,
     ) -> None:
         super().__init__()
         chans = tuple(int(c) for c in channels)
+        norm = "group" if dp_safe and norm == "batch" else norm
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.channels = chans
@@ -133,12 +146,12 @@ class RUSPNet(nn.Module):
                     previous,
                     width,
                     strides=1 if level == 0 else 2,
-                    norm=_norm(width, dp_safe),
+                    norm=_norm(width, norm),
                     act=_ACT,
                 )
             )
             previous = width
-        self.pyramid = _DilatedPyramid(chans[-1], dp_safe=dp_safe, dropout=drop_rate)
+        self.pyramid = _DilatedPyramid(chans[-1], norm_name=norm, dropout=drop_rate)
         self.decoder = nn.ModuleList()
         levels = len(chans) - 1
         for step, level in enumerate(range(levels - 1, -1, -1)):  # deep -> shallow
@@ -149,7 +162,7 @@ class RUSPNet(nn.Module):
                     chans[level + 1] + chans[level],
                     chans[level],
                     dilation=dilation,
-                    norm=_norm(chans[level], dp_safe),
+                    norm=_norm(chans[level], norm),
                     act=_ACT,
                 )
             )
@@ -211,7 +224,8 @@ class DFSNet(nn.Module):
         channels: RUSP-Net widths. Default (16, 32, 64, 128, 256).
         hidden_size: GRU units. Default 32.
         fusion_hidden: width of the fusion layer. Default 32.
-        dp_safe: GroupNorm and Opacus' DPGRU. Default False.
+        norm: RUSP-Net normalisation (see :class:`RUSPNet`). Default "instance".
+        dp_safe: Opacus' DPGRU (and GroupNorm for ``norm="batch"``). Default False.
         drop_rate: dropout on the GRU state and in the fusion head. Default 0.0.
 
     ``forward(ct, features)``: ``(B, in_chans, H, W)``, ``(B, F)`` -> ``(mask logits (B,
@@ -233,6 +247,7 @@ class DFSNet(nn.Module):
         channels: Sequence[int] = (16, 32, 64, 128, 256),
         hidden_size: int = 32,
         fusion_hidden: int = 32,
+        norm: str = "instance",
         dp_safe: bool = False,
         drop_rate: float = 0.0,
     ) -> None:
@@ -241,7 +256,11 @@ class DFSNet(nn.Module):
         self.in_features = in_features
         self.in_chans = in_chans
         self.segmenter = RUSPNet(
-            num_classes=seg_classes, in_chans=in_chans, channels=channels, dp_safe=dp_safe
+            num_classes=seg_classes,
+            in_chans=in_chans,
+            channels=channels,
+            norm=norm,
+            dp_safe=dp_safe,
         )
         self.clinical = ClinicalGRU(
             num_classes=0,
@@ -290,9 +309,17 @@ class DFSNet(nn.Module):
 
 
 def _common_problems(
-    num_classes: int, in_chans: int, channels: Sequence[int], drop_rate: float, *, seg: bool
+    num_classes: int,
+    in_chans: int,
+    channels: Sequence[int],
+    drop_rate: float,
+    norm: str,
+    *,
+    seg: bool,
 ) -> list[str]:
     problems = []
+    if norm not in _NORMS:
+        problems.append(f"norm must be one of {', '.join(_NORMS)}, got {norm!r}")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         what = "mask classes including the background" if seg else "risk classes"
         problems.append(f"num_classes must be an integer >= 2 ({what}), got {num_classes!r}")
@@ -332,7 +359,8 @@ def rusp_net(
     pretrained_path: str | os.PathLike[str] | None = None,
     drop_rate: float = 0.0,
     channels: tuple[int, ...] | list[int] = (16, 32, 64, 128, 256),
-    dilated_decoder_levels: int = 2,
+    dilated_decoder_levels: int | None = None,
+    norm: str = "instance",
 ) -> nn.Module:
     """RUSP-Net for 2D CT slices (see :class:`RUSPNet`).
 
@@ -340,14 +368,18 @@ def rusp_net(
         num_classes: mask classes including the background (2 for tumour / background).
         backbone: ignored (RUSP-Net is its own encoder); accepted for the common signature.
         in_chans: input channels. Default 1.
-        dp_safe: GroupNorm instead of BatchNorm. Default False.
+        dp_safe: build for Opacus (``norm="batch"`` becomes GroupNorm). Default False.
         pretrained_path: whole-model state_dict of the same configuration. Default None.
         drop_rate: dropout in the bottleneck pyramid. Default 0.0.
         channels: encoder widths per level. Default (16, 32, 64, 128, 256).
-        dilated_decoder_levels: last decoder levels with dilation 2. Default 2.
+        dilated_decoder_levels: last decoder levels with dilation 2. Default None: 2, or
+            every level when there are fewer.
+        norm: "instance" (default), "batch" or "group".
     """
-    problems = _common_problems(num_classes, in_chans, channels, drop_rate, seg=True)
+    problems = _common_problems(num_classes, in_chans, channels, drop_rate, norm, seg=True)
     levels = len(channels) - 1 if isinstance(channels, tuple | list) else 0
+    if dilated_decoder_levels is None:
+        dilated_decoder_levels = min(2, levels)
     if not isinstance(dilated_decoder_levels, int) or not 0 <= dilated_decoder_levels <= levels:
         problems.append(
             f"dilated_decoder_levels must be an integer in [0, {levels}], "
@@ -360,6 +392,7 @@ def rusp_net(
         in_chans=in_chans,
         channels=tuple(channels),
         dilated_decoder_levels=dilated_decoder_levels,
+        norm=norm,
         dp_safe=dp_safe,
         drop_rate=drop_rate,
     )
@@ -381,6 +414,7 @@ def dfs(
     channels: tuple[int, ...] | list[int] = (16, 32, 64, 128, 256),
     hidden_size: int = 32,
     fusion_hidden: int = 32,
+    norm: str = "instance",
 ) -> nn.Module:
     """The DFS model: RUSP-Net + clinical GRU + fusion into a risk (see :class:`DFSNet`).
 
@@ -389,15 +423,16 @@ def dfs(
         in_features: clinical input width (set from the task). Default 25, as in the study.
         backbone: ignored; accepted for the common signature.
         in_chans: CT channels. Default 1.
-        dp_safe: GroupNorm + Opacus' DPGRU. Default False.
+        dp_safe: Opacus' DPGRU (and GroupNorm for ``norm="batch"``). Default False.
         pretrained_path: whole-model state_dict of the same configuration. Default None.
         drop_rate: dropout on the GRU state and in the fusion head. Default 0.0.
         seg_classes: mask classes including the background. Default 2.
         channels: RUSP-Net widths. Default (16, 32, 64, 128, 256).
         hidden_size: GRU units. Default 32.
         fusion_hidden: fusion layer width. Default 32.
+        norm: RUSP-Net normalisation, "instance" (default), "batch" or "group".
     """
-    problems = _common_problems(num_classes, in_chans, channels, drop_rate, seg=False)
+    problems = _common_problems(num_classes, in_chans, channels, drop_rate, norm, seg=False)
     problems += [
         f"{name} must be an integer >= {low}, got {value!r}"
         for name, value, low in (
@@ -418,6 +453,7 @@ def dfs(
         channels=tuple(channels),
         hidden_size=hidden_size,
         fusion_hidden=fusion_hidden,
+        norm=norm,
         dp_safe=dp_safe,
         drop_rate=drop_rate,
     )

@@ -123,8 +123,9 @@ def test_same_config_builds_identical_keys(name: str) -> None:
     a, b = _build(name).state_dict(), _build(name).state_dict()
     assert list(a) == list(b)
     assert all(a[k].shape == b[k].shape for k in a)
-    plain = set(a)
-    safe = set(_build(name, dp_safe=True).state_dict())
+    assert set(_build(name, dp_safe=True).state_dict()) == set(a)  # instance norm: no change
+    plain = set(_build(name, norm="batch").state_dict())
+    safe = set(_build(name, norm="batch", dp_safe=True).state_dict())
     stats = {k for k in plain if k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
     assert stats and safe == plain - stats  # GroupNorm has BatchNorm's affine keys
 
@@ -135,7 +136,9 @@ def test_dp_safe_variant_passes_opacus(name: str) -> None:
     assert ModuleValidator.validate(model, strict=False) == []
     assert dp_safety_problems(model) == []
     assert not any(isinstance(m, _BatchNorm) for m in model.modules())
-    assert any(isinstance(m, _BatchNorm) for m in _build(name).modules())  # the plain one has BN
+    assert any(isinstance(m, _BatchNorm) for m in _build(name, norm="batch").modules())
+    batch_safe = _build(name, norm="batch", dp_safe=True, **SMALL)
+    assert dp_safety_problems(batch_safe) == []  # BatchNorm became GroupNorm
     gsm = GradSampleModule(model)
     inputs, targets = _batch(model)
     build_loss(kind_of(gsm))(gsm(*inputs), *targets).backward()
@@ -189,6 +192,7 @@ def test_dfs_risk_follows_the_clinical_features() -> None:
 BAD_OPTIONS = [  # (model, kwargs, text)
     ("rusp_net", {"num_classes": 1}, "num_classes"),
     ("rusp_net", {"num_classes": 2, "channels": (16,)}, "channels"),
+    ("rusp_net", {"num_classes": 2, "norm": "layer"}, "norm must be one of"),
     ("rusp_net", {"num_classes": 2, "dilated_decoder_levels": 9}, "dilated_decoder_levels"),
     ("dfs", {"num_classes": 2, "seg_classes": 1, "hidden_size": 0}, "hidden_size"),
 ]
