@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from models._registry import MODEL_KINDS, kind_of
-from models.losses import build_loss
+from models.losses import build_loss, model_loss
 from models.metrics import ScoreSummary, classification_metrics
 from models.seg_metrics import SegmentationSums, segmentation_scores
 
@@ -147,6 +147,9 @@ def train_local(
 ) -> TrainResult:
     """Train ``model`` in place with SGD and the class-balanced focal loss.
 
+    A model with its own ``training_loss`` (CMUS-Net: auxiliary heads plus the fused head)
+    gets the focal loss as its per-head criterion (see :func:`models.losses.model_loss`).
+
     Args:
         model: takes one (B, C, H, W) tensor per modality, returns logits (B, K).
         loader: yields flat tuples ``(x_1, ..., x_M, y)``.
@@ -195,7 +198,10 @@ def train_local(
             inputs = tuple(x.to(device) for x in inputs)
             targets = tuple(t.to(device) for t in targets)
             optimizer.zero_grad(set_to_none=True)
-            loss = criterion(model(*inputs), *targets)
+            if n_targets == 1:  # the model's own loss, if it has one (e.g. CMUS-Net)
+                loss = model_loss(model, inputs, targets[0], criterion)
+            else:
+                loss = criterion(model(*inputs), *targets)
             if anchor is not None:
                 drift = sum(
                     (p - a).pow(2).sum() for p, a in zip(model.parameters(), anchor, strict=True)

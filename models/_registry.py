@@ -71,6 +71,8 @@ _BUILTIN_MODEL_MODULES: tuple[str, ...] = (
     "models.mufnet",
     "models.resnet_fusion",
     "models.clinical",
+    "models.cmusnet",
+    "models.image_classifier",
     "models.rusp_net",
 )
 _builtins_loaded = False

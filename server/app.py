@@ -23,7 +23,7 @@ from models.tasks import TaskSpec
 from server.config import RunConfig, RunConfigError
 from server.store import RunRecorder
 from strategies.audit import AUDIT_FILE, AuditTrail, dp_settings
-from strategies.central_dp import UNIFORM_WEIGHT_KEY, with_central_dp
+from strategies.central_dp import UNIFORM_WEIGHT_KEY, CentralDPFixedClipping, with_central_dp
 from strategies.factory import build_strategy
 from strategies.history import RoundRecord, RunHistory
 
@@ -43,6 +43,8 @@ class FederationResult:
     history: RunHistory
     final_state: dict[str, torch.Tensor]
     wall_seconds: float
+    #: Central DP accounting (:meth:`CentralDPAccountant.summary`); None without central DP.
+    central_dp: dict[str, object] | None = None
 
 
 def run_federation(
@@ -86,6 +88,7 @@ def run_federation(
             noise_multiplier=config.central_dp_noise_multiplier,
             clipping_norm=config.central_dp_clipping_norm,
             num_sites=config.min_train_nodes,
+            delta=config.central_dp_delta,
         )
     _log.info(
         "federation: task %s, model %s (%s @ %d px), %d rounds",
@@ -112,6 +115,9 @@ def run_federation(
             history=strategy.history,
             final_state=final_state,
             wall_seconds=time.perf_counter() - started,
+            central_dp=runner.privacy.summary()
+            if isinstance(runner, CentralDPFixedClipping)
+            else None,
         )
         if config.out_dir:
             write_outputs(outcome, Path(config.out_dir))
@@ -183,6 +189,8 @@ def write_outputs(outcome: FederationResult, out_dir: Path) -> None:
         "rounds": [r.to_results() for r in outcome.history.rounds],
         "wall_seconds": outcome.wall_seconds,
     }
+    if outcome.central_dp is not None:
+        history["central_dp"] = outcome.central_dp
     (out_dir / "history.json").write_text(json.dumps(history, indent=2))
     _log.info("server outputs written to %s", out_dir)
 

@@ -67,6 +67,12 @@ class ClinicalMetricsMixin:
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
+        self.record_train_replies(server_round, replies)
+        return super().aggregate_train(server_round, replies)
+
+    def record_train_replies(self, server_round: int, replies: list[Message]) -> None:
+        """Audit the round's train replies and note each site's scalars or failure in
+        :attr:`history` (called by :meth:`aggregate_train`, or by a wrapper that skips it)."""
         if self.audit is not None:
             self.audit.record_train(server_round, replies)
         record = self.history.round(server_round)
@@ -78,7 +84,6 @@ class ClinicalMetricsMixin:
                 continue
             metrics = next(iter(msg.content.metric_records.values()))
             record.train[site_of(msg)] = dict(metrics)
-        return super().aggregate_train(server_round, replies)
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]

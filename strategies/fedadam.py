@@ -5,9 +5,10 @@ from __future__ import annotations
 from flwr.serverapp.strategy import FedAdam
 
 from strategies.clinical import ClinicalMetricsMixin
+from strategies.streaming import StreamingFedAvg
 
 __all__ = ["ClinicalFedAdam"]
 
 
-class ClinicalFedAdam(ClinicalMetricsMixin, FedAdam):
+class ClinicalFedAdam(ClinicalMetricsMixin, FedAdam, StreamingFedAvg):
     """Flower's FedAdam (``eta`` = server learning rate); momentum lives on the server."""

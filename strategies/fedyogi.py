@@ -5,9 +5,10 @@ from __future__ import annotations
 from flwr.serverapp.strategy import FedYogi
 
 from strategies.clinical import ClinicalMetricsMixin
+from strategies.streaming import StreamingFedAvg
 
 __all__ = ["ClinicalFedYogi"]
 
 
-class ClinicalFedYogi(ClinicalMetricsMixin, FedYogi):
+class ClinicalFedYogi(ClinicalMetricsMixin, FedYogi, StreamingFedAvg):
     """Flower's FedYogi (``eta`` = server learning rate)."""
