@@ -151,3 +151,35 @@ def test_segmentation_trains_and_evaluates_through_the_common_path(tmp_path: Pat
     assert 0 <= evaluation.metrics["iou"] <= evaluation.metrics["dice"] <= 1
     assert evaluation.summary.segmentation is not None
     assert evaluation.summary.segmentation.n == 4
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_dfs_trains_under_dp_sgd(tmp_path: Path) -> None:
+    from client.privacy import make_private
+
+    path, rows = _site(tmp_path, "nii.gz", label="ckd")
+    features = {name: "1" for name in DFS.features if name not in DFS.categories}
+    features |= {name: levels[0] for name, levels in DFS.categories.items()}
+    write_csv(path, [{**row, **features} for row in rows])
+    manifest = load_manifest(path, DFS)
+    torch.manual_seed(0)
+    task = DFS.replace(model_kwargs={"channels": (8, 16)})
+    model = create_model_for_task(task, dp_safe=True)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    loader = make_loader(manifest, "train", batch_size=2, train=True)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    private, optimizer, loader, engine = make_private(
+        model, optimizer, loader, noise_multiplier=1.0, max_grad_norm=1.0
+    )
+    result = train_local(
+        private,
+        loader,
+        config=TrainConfig(epochs=2),
+        class_counts=manifest.class_counts("train"),
+        optimizer=optimizer,
+    )
+    assert result.num_steps > 0 and np.isfinite(result.mean_loss)
+    assert engine.accountant.get_epsilon(1e-5) > 0
+    after = model.state_dict()
+    assert set(after) == set(before)
+    assert any(not torch.equal(after[k], before[k]) for k in before)
