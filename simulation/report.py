@@ -223,7 +223,8 @@ def write_report(results: dict[str, Any], out_dir: Path, *, command: str) -> Pat
         "",
         f"- task: `{task['name']}`, model `{task['model']}` "
         + (
-            f"with backbone `{task['backbone']}` at {task['image_size']} px"
+            (f"with backbone `{task['backbone']}` " if task.get("backbone") else "")
+            + f"at {task['image_size']} px"
             if task.get("modalities", True)
             else f"on {len(task.get('features', []))} clinical features"
         )
