@@ -175,6 +175,11 @@ def test_dfs_uses_the_study_gru() -> None:
     model = _build("dfs")
     gru = sum(p.numel() for p in model.clinical.parameters())
     assert gru == 3_360  # the 3,393-parameter GRU without its dense-1 (the fusion head's job)
+    assert model.fusion[0].in_features == 3 + 32  # mask features + GRU embedding
+    wide = _build("dfs", fuse_bottleneck=True)
+    assert wide.fusion[0].in_features == 3 + 256 + 32  # + the pooled bottleneck
+    inputs, _ = _batch(wide, batch=2)
+    assert wide(*inputs)[1].shape == (2, 2)
     with pytest.raises(ValueError, match="clinical feature"):
         model(torch.randn(2, 1, SIZE, SIZE))
 
