@@ -80,6 +80,7 @@ def run_federation(
         path=Path(config.out_dir) / AUDIT_FILE if config.out_dir else None,
         settings=dp_settings(config.to_dict()),
     )
+    strategy.update_dtype = config.update_dtype  # type: ignore[attr-defined]  # strategies/streaming.py
     runner: Strategy = strategy
     if config.central_dp:
         strategy.weighted_by_key = UNIFORM_WEIGHT_KEY  # the noise calibration assumes a plain mean

@@ -69,7 +69,7 @@ def test_ct_and_mask_round_trip(tmp_path: Path, fmt: str) -> None:
     path, _ = _site(tmp_path, fmt)
     manifest = load_manifest(path, SEG, check_images=True)
     dataset = ManifestDataset(manifest, "train", train=False)
-    assert dataset.skipped_rows == []
+    assert dataset.skipped_rows == 0 and dataset.unreadable == []
     for index in range(len(dataset)):
         image, mask = dataset[index]
         _, want = _slice(index)
@@ -131,7 +131,8 @@ def test_unreadable_rows_are_skipped_and_counted(tmp_path: Path) -> None:
     manifest = load_manifest(path, SEG, check_images=False)  # existence only
     dataset = ManifestDataset(manifest, "train", train=False)
     assert len(dataset) == 2  # 4 training rows, 2 unreadable
-    assert sorted((p.row, p.column) for p in dataset.skipped_rows) == [(3, "mask"), (4, "ct")]
+    assert dataset.skipped_rows == 2 and dataset.skipped_files == 2
+    assert sorted((p.row, p.column) for p in dataset.unreadable) == [(3, "mask"), (4, "ct")]
 
 
 def test_segmentation_trains_and_evaluates_through_the_common_path(tmp_path: Path) -> None:
