@@ -16,6 +16,14 @@ image; a bag loses that member), and a row left with no readable image is droppe
 batch (its item carries label ``-1``, which :func:`collate_readable` filters out).
 :attr:`ManifestDataset.skipped_files` gives the count; the site reports it as the
 ``skipped-files`` metric.
+
+Segmentation tasks (``models.factory.task_kind``) end items with their targets in the same
+way: ``(x, m)`` for a segmentation model, ``(x, f, m, y)`` for segmentation + risk (DFS), with
+``m`` the label map from the ``mask`` column as an int64 ``(1, S, S)`` tensor (resized with
+nearest neighbours; for a 2-class task any value > 0 is foreground). Their images get the
+deterministic chain plus a random left-right flip shared by image and mask (train only), and
+rows whose image or mask file cannot be read are left out when the dataset is built (counted
+in ``skipped_rows`` and ``skipped_files``, listed in ``unreadable``).
 """
 
 from __future__ import annotations
@@ -31,10 +39,11 @@ from monai.data import get_track_meta, set_track_meta
 from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_info
 
 from client.features import FeatureTransform, site_feature_transform
-from client.manifest import Manifest, ManifestError, ManifestProblem
+from client.manifest import MASK_COLUMN, Manifest, ManifestError, ManifestProblem, image_problem
 from client.sampler import ClassBalancedSampler
-from client.transforms import eval_transforms, load_image, train_transforms
+from client.transforms import eval_transforms, load_image, resize_mask, train_transforms
 from models import handles_missing_modalities
+from models.factory import task_kind
 from models.tasks import TaskSpec
 
 __all__ = [
@@ -107,11 +116,20 @@ class ManifestDataset(Dataset):
         self.train = train
         self._manifest_path = manifest.path
         self.modalities: tuple[str, ...] = tuple(task.modalities)
+        self._task_classes = task.classes
+        self._seg_classes_option = task.model_kwargs.get("seg_classes", 2)
         self.bag_positions: tuple[int, ...] = tuple(
             j for j, m in enumerate(self.modalities) if m in task.bags
         )
         self.image_size = task.image_size
         self.in_chans = task.in_chans
+        self.kind = task_kind(task)
+        #: rows left out because an image or mask file cannot be read (segmentation tasks)
+        self.unreadable: list[ManifestProblem] = []
+        if self.kind != "classification":
+            rows = self._readable(rows)
+        self._masks: list[str] = list(rows[MASK_COLUMN]) if self.kind != "classification" else []
+        self._flip = np.random.RandomState(seed) if train and self._masks else None
         self._rows = rows["row"].to_numpy(dtype=np.int64)
         self._labels = rows["label_index"].to_numpy(dtype=np.int64)
         self._paths: list[tuple[str, ...]] = list(
@@ -141,7 +159,7 @@ class ManifestDataset(Dataset):
                 seed=seed,
                 prepared=self._cache is not None,
             )
-            if train and images
+            if train and images and not self._masks  # segmentation: flip image and mask only
             else None
         )
         # (N, M, members) flags of files that could not be read; shared memory so that
@@ -161,13 +179,15 @@ class ManifestDataset(Dataset):
     @property
     def skipped_files(self) -> int:
         """Distinct image files that could not be read so far (each skipped)."""
-        return len({_members(self._paths[i][j])[k] for i, j, k in self._failed.nonzero().tolist()})
+        failed = {_members(self._paths[i][j])[k] for i, j, k in self._failed.nonzero().tolist()}
+        return len(failed) + len(self.unreadable)
 
     @property
     def skipped_rows(self) -> int:
         """Rows dropped so far because none of their images could be read."""
         failed_rows = sorted(set(self._failed.nonzero()[:, 0].tolist()))
-        return sum(
+        left_out = len({p.row for p in self.unreadable})  # segmentation rows left out up front
+        return left_out + sum(
             all(
                 not cell or all(self._failed[i, j, k] for k in range(len(_members(cell))))
                 for j, cell in enumerate(self._paths[i])
@@ -199,7 +219,53 @@ class ManifestDataset(Dataset):
                 label = DROPPED_LABEL  # nothing readable left in this row
             blank = torch.zeros(self.in_chans, self.image_size, self.image_size)
             images = [blank if image is None else image for image in images]
-        return (*images, *mask, *features, torch.tensor(label, dtype=torch.int64))
+        if not self._masks:
+            return (*images, *mask, *features, torch.tensor(label, dtype=torch.int64))
+        label_map = self._label_map(index)
+        if self._flip is not None and self._flip.rand() < 0.5:
+            images = [x.flip(-1) for x in images]
+            label_map = label_map.flip(-1)
+        risk = torch.tensor(label, dtype=torch.int64)
+        targets = (label_map,) if self.kind == "segmentation" else (label_map, risk)
+        return (*images, *mask, *features, *targets)
+
+    def _label_map(self, index: int) -> torch.Tensor:
+        path = self._masks[index]
+        try:
+            raw = load_image(path)
+        except Exception as err:
+            raise ValueError(
+                f"row {self._rows[index]}, column {MASK_COLUMN!r}: cannot load {path}: {err}"
+            ) from err
+        return resize_mask(raw, self.image_size, binary=self._seg_classes == 2)
+
+    @property
+    def _seg_classes(self) -> int:
+        if self.kind == "segmentation":
+            return len(self._task_classes)
+        return int(self._seg_classes_option)
+
+    def _readable(self, rows):  # type: ignore[no-untyped-def]
+        """``rows`` without those whose image or mask file cannot be read (kept in
+        ``unreadable`` with the reason, counted in ``skipped_rows``; logged once)."""
+        keep = []
+        for record in rows.to_dict("records"):
+            problems = [
+                ManifestProblem(int(record["row"]), column, f"cannot read {path!r}: {reason}")
+                for column in (*self.modalities, MASK_COLUMN)
+                for path in [record[column]]
+                if path and (reason := image_problem(path)) is not None
+            ]
+            self.unreadable += problems
+            keep.append(not problems)
+        if self.unreadable:
+            logger.warning(
+                "split %s: %d row(s) left out, their files cannot be read: %s",
+                self.split,
+                len({p.row for p in self.unreadable}),
+                "; ".join(str(p) for p in self.unreadable[:5]),
+            )
+        return rows[np.asarray(keep, dtype=bool)].reset_index(drop=True)
 
     def _image(self, index: int, modality: int) -> torch.Tensor | None:
         """The prepared image (a zero image when missing; None when unreadable), or a bag's

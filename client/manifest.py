@@ -27,6 +27,7 @@ from client.features import feature_problems
 from client.splits import SPLITS, SplitError, assign_splits
 from models._options import look_up_option
 from models._registry import handles_missing_modalities
+from models.factory import task_kind
 from models.tasks import TaskSpec
 
 __all__ = [
@@ -34,8 +35,11 @@ __all__ = [
     "Manifest",
     "ManifestError",
     "ManifestProblem",
+    "MASK_COLUMN",
     "image_format",
+    "image_problem",
     "load_manifest",
+    "target_columns",
     "read_manifest_table",
 ]
 
@@ -57,6 +61,20 @@ IMAGE_SUFFIXES: dict[str, str] = {
 }
 _FORMATS_TEXT = "PNG, JPEG, TIFF, BMP, NIfTI (.nii, .nii.gz), DICOM (.dcm) or NumPy (.npy)"
 _RESERVED = ("row", "label_index")
+
+MASK_COLUMN = "mask"
+"""The column holding each row's label-map path in segmentation tasks."""
+
+
+def target_columns(task: TaskSpec) -> tuple[str, ...]:
+    """Manifest columns a row's targets come from: ``("label",)`` for classification,
+    ``("mask",)`` for segmentation, ``("mask", "label")`` for segmentation + risk (DFS)."""
+    kind = task_kind(task)
+    if kind == "segmentation":
+        return (MASK_COLUMN,)
+    if kind == "segmentation-risk":
+        return (MASK_COLUMN, "label")
+    return ("label",)
 
 
 @dataclass(frozen=True)
@@ -279,7 +297,9 @@ class _Checker:
         for name in _RESERVED:
             if name in frame.columns:
                 self.add(None, name, "is reserved (fedfusion adds it to the table); rename it")
-        required = ["patient_id", "label", *self.task.modalities, *self.task.features]
+        self.has_mask = MASK_COLUMN in target_columns(self.task)
+        mask = [MASK_COLUMN] if self.has_mask else []
+        required = ["patient_id", "label", *self.task.modalities, *mask, *self.task.features]
         present = set(frame.columns)
         spare = [c for c in frame.columns if c not in required]
         for name in required:
@@ -290,6 +310,7 @@ class _Checker:
     def _missing_column_message(self, name: str, required: list[str], spare: list[str]) -> str:
         kind = "modality" if name in self.task.modalities else "feature"
         kind = kind if name not in ("patient_id", "label") else "required"
+        kind = "label-map" if name == MASK_COLUMN else kind
         message = (
             f"{kind} column {name!r} is missing (task {self.task.name!r} needs: "
             f"{', '.join(required)})"
@@ -330,6 +351,7 @@ class _Checker:
         resolved: dict[str, list[str]] = {m: [] for m in modalities}
         refuse_missing = len(self.task.modalities) >= 2 and not self._model_handles_missing()
         label_index: list[int] = []
+        masks: list[str] = []
         for row, record in zip(frame.index, frame.to_dict("records"), strict=True):
             if "patient_id" in columns and not record["patient_id"]:
                 self.add(row, "patient_id", "patient_id is empty; every row needs one")
@@ -348,8 +370,12 @@ class _Checker:
                         self.add(row, m, self._missing_modality_message(m))
             for m in modalities:
                 resolved[m].append(self._cell(row, m, record[m]))
+            if self.has_mask and MASK_COLUMN in columns:
+                masks.append(self._mask_cell(row, record[MASK_COLUMN]))
         for m in modalities:
             frame[m] = resolved[m]
+        if self.has_mask and MASK_COLUMN in columns:
+            frame[MASK_COLUMN] = masks
         for row, column, message in feature_problems(frame, self.task):
             self.add(row, column, message)
         if "label" in columns:
@@ -434,6 +460,29 @@ class _Checker:
                 resolved.append(str(target))
                 self.add(row, column, f"cannot use the path {part!r}: {err}; fix the path")
         return ";".join(resolved)
+
+    def _mask_cell(self, row: int, value: str) -> str:
+        """Check one ``mask`` cell (one label-map file, required); return its absolute path."""
+        if not value:
+            self.add(
+                row,
+                MASK_COLUMN,
+                f"mask is empty; task {self.task.name!r} segments every row, so each row needs "
+                "a label-map file (0 = background, 1 = tumour)",
+            )
+            return ""
+        if ";" in value:
+            self.add(row, MASK_COLUMN, "a mask cell takes one label-map file, not a list")
+            return ""
+        target = self._resolve(value)
+        if target.is_dir():
+            self.add(row, MASK_COLUMN, f"{value!r} is a folder; give one label-map file")
+            return str(target)
+        if not target.exists():
+            self.add(row, MASK_COLUMN, f"file not found: {value!r} (looked for {target})")
+            return str(target)
+        self._file(row, MASK_COLUMN, value, target)
+        return str(target)
 
     def _not_a_bag_message(self, what: str) -> str:
         bags = ", ".join(repr(b) for b in self.task.bags)
@@ -553,6 +602,17 @@ def _folder_images(folder: Path) -> list[Path]:
 
 
 # -- image checks (cheap: headers, small decodes) -------------------------------------------
+
+
+def image_problem(path: str | Path) -> str | None:
+    """Why the image file ``path`` cannot be read (cheap header / small decode), or None."""
+    path = Path(path)
+    family = image_format(path)
+    if family is None:
+        return f"unsupported image type; use {_FORMATS_TEXT}"
+    if not path.is_file():
+        return "file not found"
+    return _image_problem(path, family)
 
 
 @dataclass(frozen=True)

@@ -364,6 +364,38 @@ for _suffix, _model, _kwargs, _what in (
     )
 del _suffix, _model, _kwargs, _what
 
+# Kidney tumour on 2D CT slices (the DFS study): RUSP-Net segments the tumour; the DFS model
+# also reads the clinical record with the study's GRU and fuses both into a CKD risk. The
+# manifest's ``mask`` column holds each slice's label map (0 background, 1 tumour).
+register_task(
+    TaskSpec(
+        name="kidney-tumour-dfs",
+        model="dfs",
+        modalities=("ct",),
+        classes=("notckd", "ckd"),
+        image_size=256,
+        backbone="",
+        in_chans=1,
+        features=_CKD_FEATURES,
+        categories=_CKD_CATEGORIES,
+        model_kwargs={"drop_rate": 0.2},
+        description="kidney tumour mask (RUSP-Net) + CKD risk from CT slice and 24 clinical "
+        "features (GRU), fused (DFS)",
+    )
+)
+register_task(
+    TaskSpec(
+        name="kidney-tumour-seg",
+        model="rusp_net",
+        modalities=("ct",),
+        classes=("background", "tumour"),
+        image_size=256,
+        backbone="",
+        in_chans=1,
+        description="kidney tumour segmentation of 2D CT slices (RUSP-Net); label = whether "
+        "the slice shows tumour",
+    )
+)
 # Glomerular disease (CMUS-Net): a bag of transmission electron microscopy fields, one light
 # microscopy (OM) and one immunofluorescence (IM) image per biopsy (see models.cmusnet).
 register_task(

@@ -14,6 +14,9 @@ _METRICS = {
         "auc_ci": {"type": "array", "items": _NUMBER_OR_NULL, "minItems": 2, "maxItems": 2},
         "accuracy": _NUMBER_OR_NULL,
         "loss": _NUMBER_OR_NULL,
+        # segmentation models: mean per-image foreground Dice / IoU of the predicted masks
+        "dice": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+        "iou": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
         "n": {"type": "integer", "minimum": 0},
     },
     "required": ["auc", "accuracy", "n"],

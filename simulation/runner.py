@@ -38,6 +38,7 @@ from simulation.scenario import Scenario
 from simulation.secagg import as_site, simulated_secagg_client
 from simulation.synthetic import generate_dual_center
 from simulation.synthetic_biopsy import generate_biopsy
+from simulation.synthetic_ct import generate_ct_clinical
 from simulation.synthetic_lymph import generate_lymph_node
 from strategies.central_dp import central_dp_epsilon
 from strategies.history import RoundRecord, RunHistory, json_safe
@@ -55,6 +56,7 @@ _GENERATORS: dict[str, Callable[..., Path]] = {
     "dual-center": generate_dual_center,
     "lymph-node": generate_lymph_node,
     "ckd-csv": prepare_ckd_sites,
+    "ct-clinical": generate_ct_clinical,
     "biopsy": generate_biopsy,
 }
 
