@@ -31,6 +31,7 @@ from server.config import RunConfig
 from server.secagg_app import run_secure_federation
 from simulation.baselines import run_local, run_pooled, site_manifests
 from simulation.ckd import prepare_ckd_sites
+from simulation.faults import Poison, poison_reply
 from simulation.results_schema import validate_results
 from simulation.scenario import Scenario
 from simulation.secagg import simulated_secagg_client
@@ -45,6 +46,7 @@ _log = logging.getLogger(__name__)
 
 # Federated methods run the ServerApp with that strategy; the baselines train without Flower.
 FEDERATED_METHODS = ("fedavg", "fedprox", "fedbn", "fedadam", "fedyogi")
+FEDERATED_METHODS += ("fedmedian", "fedtrimmedavg", "krum")  # robust aggregation
 BASELINE_METHODS = ("local", "pooled")
 METHODS = FEDERATED_METHODS + BASELINE_METHODS
 
@@ -114,9 +116,13 @@ def _sites_of(manifest: Path) -> list[str]:
 
 
 def _simulated_client(
-    manifest: Path, sites: Sequence[str], site_budget: Mapping[str, float] | None = None
+    manifest: Path,
+    sites: Sequence[str],
+    site_budget: Mapping[str, float] | None = None,
+    poison: Poison | None = None,
 ) -> ClientApp:
-    """The real ClientApp functions, given the node config a real site would pass."""
+    """The real ClientApp functions, given the node config a real site would pass; a
+    ``poison`` site's train replies are rewritten (simulation.faults)."""
     app = ClientApp()
     site_list = list(sites)
     data_path = str(manifest)
@@ -131,7 +137,11 @@ def _simulated_client(
 
     @app.train(mods=client_app_module.TRAIN_MODS)
     def _train(msg: Message, context: Context) -> Message:
-        return client_app_module.train(msg, _as_site(context))
+        reply = client_app_module.train(msg, _as_site(context))
+        if poison is not None and context.node_config["site-id"] == poison.site:
+            server_round = int(msg.content["config"]["server-round"])  # type: ignore[arg-type]
+            reply = poison_reply(reply, msg.content["arrays"], poison, server_round)
+        return reply
 
     @app.evaluate()
     def _evaluate(msg: Message, context: Context) -> Message:
@@ -173,11 +183,16 @@ def _run_fedavg(
     if not options.verbose:
         init_args["log_to_driver"] = False
         init_args["logging_level"] = logging.ERROR
+    client_app = (
+        simulated_secagg_client(manifest, sites, options.site_budget)
+        if secure
+        else _simulated_client(
+            manifest, sites, options.site_budget, Poison.from_run_config(run_config, sites)
+        )
+    )
     run_simulation(
         server_app=server_app,
-        client_app=(simulated_secagg_client if secure else _simulated_client)(
-            manifest, sites, options.site_budget
-        ),
+        client_app=client_app,
         num_supernodes=len(sites),
         backend_config={
             "client_resources": {"num_cpus": options.cpus_per_site, "num_gpus": 0.0},

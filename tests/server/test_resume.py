@@ -53,6 +53,7 @@ def _config(out: Path, **extra: object) -> dict[str, object]:
     }
 
 
+@pytest.mark.slow
 def test_a_resumed_run_ends_with_the_uninterrupted_model(manifest: Path, tmp_path: Path) -> None:
     torch.set_num_threads(1)
     whole = run_federation(LocalGrid(manifest, SITES), _config(tmp_path / "whole"))
@@ -93,6 +94,7 @@ def test_a_resumed_run_ends_with_the_uninterrupted_model(manifest: Path, tmp_pat
         )
 
 
+@pytest.mark.slow
 def test_a_round_completes_with_the_sites_that_answer(manifest: Path, tmp_path: Path) -> None:
     torch.set_num_threads(1)
     out = tmp_path / "kofn"
