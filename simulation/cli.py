@@ -89,6 +89,11 @@ def _add_simulate(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--dp-max-grad-norm", type=float, default=1.0, help="per-sample clipping norm (default 1.0)"
     )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a crashed simulation in --out from each method's last finished round",
+    )
     p.add_argument("--cpus", type=int, help="CPUs for the simulation (default: all)")
     p.add_argument("--ray-address", help="join an existing Ray cluster")
     p.add_argument("--verbose", action="store_true", help="show Flower and Ray logs")
@@ -129,6 +134,7 @@ def _run_simulate(args: argparse.Namespace) -> int:
         cpus=args.cpus,
         ray_address=args.ray_address,
         verbose=args.verbose,
+        resume=args.resume,
         site_budget=(
             {
                 "dp-epsilon": args.dp_epsilon,

@@ -28,6 +28,7 @@ from client import app as client_app_module
 from models._options import look_up_option
 from server.app import FederationResult, run_federation
 from server.config import RunConfig
+from server.resume import RESUME_FILE
 from server.secagg_app import run_secure_federation
 from simulation.baselines import run_local, run_pooled, site_manifests
 from simulation.ckd import prepare_ckd_sites
@@ -73,6 +74,8 @@ class SimulationOptions:
         ray_address: an existing Ray cluster to join instead of starting one.
         site_budget: DP settings every simulated site gets as its own node config
             (``dp-epsilon``, ``dp-delta``, ``dp-max-grad-norm``); empty = no local DP.
+        resume: continue each federated method from the resume point a crashed simulation
+            left in ``out_dir/METHOD`` (methods without one start from round 1).
     """
 
     out_dir: Path
@@ -86,6 +89,7 @@ class SimulationOptions:
     ray_address: str | None = None
     verbose: bool = False
     site_budget: Mapping[str, float] | None = None
+    resume: bool = False
 
 
 def prepare_data(scenario: Scenario, out_dir: Path, *, seed: int) -> Path:
@@ -237,6 +241,8 @@ def simulate(
             continue
         method_config = {**run_config, "strategy": method, "out-dir": str(out_dir / method)}
         method_config.setdefault("run-name", f"{scenario.name}/{method}")
+        if options.resume and (out_dir / method / RESUME_FILE).is_file():
+            method_config["resume-run"] = str(out_dir / method)
         started = time.perf_counter()
 
         def _round_done(record: RoundRecord, _method: str = method) -> None:

@@ -14,6 +14,7 @@ import torch
 
 from server.app import run_federation
 from server.resume import RESUME_FILE, ResumeError, load_resume_point
+from server.resume_cli import resume_command
 from server.store import RunStore
 from simulation.ckd import prepare_ckd_sites, resolve_ckd_source
 from tests.server._grid import LocalGrid, ServerCrash
@@ -115,3 +116,21 @@ def test_a_round_completes_with_the_sites_that_answer(manifest: Path, tmp_path: 
     strict = _config(tmp_path / "strict", **{"num-server-rounds": 2, "min-answers": 3})
     result = run_federation(LocalGrid(manifest, SITES, silent={103: 2}), strict)
     assert "min-answers 3" in result.history.rounds[1].note
+
+
+def test_server_resume_submits_the_saved_config(tmp_path: Path) -> None:
+    from server.resume import ResumePoint, save_resume_point
+    from simulation.cli import main
+
+    config = {"task": "ckd-risk", "num-server-rounds": 4, "learning-rate": 0.2,
+              "class-balanced-sampling": True, "out-dir": str(tmp_path),
+              "db-url": "postgresql+psycopg://fed:***@db/runs", "resume-run": ""}  # fmt: skip
+    path = save_resume_point(tmp_path, ResumePoint(2, {"w": torch.zeros(2)}, {}, config))
+    command = resume_command(str(tmp_path), app="app", connection="net", extra="db-url='x'")
+    assert command[:4] == ["flwr", "run", "app", "net"] and command[-1] == "--stream"
+    text = command[5]
+    assert 'task="ckd-risk"' in text and "num-server-rounds=4" in text
+    assert "class-balanced-sampling=true" in text and "***" not in text
+    assert text.endswith(f"resume-run=\"{path.resolve()}\" db-url='x'")
+    assert main(["server", "resume", str(tmp_path), "--dry-run"]) == 0
+    assert main(["server", "resume", str(tmp_path / "nothing"), "--dry-run"]) == 2
