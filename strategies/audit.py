@@ -230,6 +230,7 @@ class AuditTrail:
         replies: Iterable[Message],
         *,
         rejected: Mapping[int, tuple[str, str]] | None = None,
+        senders: Mapping[str, int] | None = None,
     ) -> RoundAudit:
         """Audit the train replies of ``server_round`` (call before aggregating them).
 
@@ -238,9 +239,11 @@ class AuditTrail:
             replies: the replies the server received and accepted.
             rejected: node id -> (site, reason), for updates the server refused (they are not
                 in ``replies``). Default: none.
+            senders: message id -> node id of the messages sent this round, to attribute the
+                error replies the SuperLink makes for unreachable nodes. Default: none.
         """
         asked = self._asked if self._round == server_round else []
-        updates = [self._site_update(msg) for msg in replies]
+        updates = [self._site_update(msg, senders or {}) for msg in replies]
         for node_id, (site, reason) in (rejected or {}).items():
             self._site_names[int(node_id)] = site
             updates.append(
@@ -273,8 +276,8 @@ class AuditTrail:
         )
         return entry
 
-    def _site_update(self, msg: Message) -> SiteUpdate:
-        node_id = int(msg.metadata.src_node_id)
+    def _site_update(self, msg: Message, senders: Mapping[str, int]) -> SiteUpdate:
+        node_id = senders.get(msg.metadata.reply_to_message_id, int(msg.metadata.src_node_id))
         if msg.has_error():
             reason = str(msg.error.reason or "")
             return SiteUpdate(

@@ -72,27 +72,44 @@ class ClinicalMetricsMixin:
         self.on_round_end = on_round_end
         self._round_started = time.perf_counter()
         self._sent: ArrayRecord | None = None
-        self._asked: dict[str, list[int]] = {"train": [], "evaluate": []}
+        self._asked: dict[str, list[Message]] = {"train": [], "evaluate": []}
         self._site_names: dict[int, str] = {}  # node id -> site, from earlier replies
 
     def configure_train(self, server_round, arrays, config, grid):  # type: ignore[no-untyped-def]
         self._round_started = time.perf_counter()
         self._sent = arrays
         messages = list(super().configure_train(server_round, arrays, config, grid))
-        self._asked["train"] = [int(m.metadata.dst_node_id) for m in messages]
+        self._asked["train"] = messages
         if self.audit is not None:
-            self.audit.start_round(server_round, arrays=arrays, asked=self._asked["train"])
+            self.audit.start_round(
+                server_round, arrays=arrays, asked=[int(m.metadata.dst_node_id) for m in messages]
+            )
         return messages
 
     def configure_evaluate(self, server_round, arrays, config, grid):  # type: ignore[no-untyped-def]
         messages = list(super().configure_evaluate(server_round, arrays, config, grid))
-        self._asked["evaluate"] = [int(m.metadata.dst_node_id) for m in messages]
+        self._asked["evaluate"] = messages
         return messages
+
+    def _senders(self, stage: str) -> dict[str, int]:
+        """Message id -> the node it was sent to (ids are set when the grid pushes them)."""
+        return {
+            m.metadata.message_id: int(m.metadata.dst_node_id)
+            for m in self._asked.get(stage, [])
+            if m.metadata.message_id
+        }
+
+    @staticmethod
+    def _node(msg: Message, senders: dict[str, int]) -> int:
+        """The node a reply answers for: an error reply the SuperLink makes for an unreachable
+        node comes from the SuperLink itself (node id 1), so look at what it replies to."""
+        return senders.get(msg.metadata.reply_to_message_id, int(msg.metadata.src_node_id))
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
+        senders = self._senders("train")
         rejected: list[Rejection] = []
         if self.update_checks is not None and self._sent is not None:
             checks = dataclasses.replace(
@@ -107,6 +124,7 @@ class ClinicalMetricsMixin:
             self.audit.record_train(
                 server_round,
                 replies,
+                senders=senders,
                 rejected={
                     r.node_id: (self._site_names.get(r.node_id, str(r.node_id)), r.reason)
                     for r in rejected
@@ -117,7 +135,7 @@ class ClinicalMetricsMixin:
             self._fail(record, "train", rejection.node_id, f"update rejected: {rejection.reason}")
         usable = 0
         for msg in replies:
-            node = int(msg.metadata.src_node_id)
+            node = self._node(msg, senders)
             if msg.has_error():
                 self._fail(record, "train", node, str(msg.error.reason))
                 continue
@@ -125,7 +143,7 @@ class ClinicalMetricsMixin:
             self._site_names[node] = site_of(msg)
             metrics = next(iter(msg.content.metric_records.values()))
             record.train[site_of(msg)] = dict(metrics)
-        self._record_missing(record, "train", replies, rejected)
+        self._record_missing(record, "train", replies, senders, rejected)
         if usable < self.min_answers:
             record.note = (
                 f"only {usable} usable update{'s' if usable != 1 else ''} "
@@ -186,11 +204,12 @@ class ClinicalMetricsMixin:
         record: RoundRecord,
         stage: str,
         replies: list[Message],
+        senders: dict[str, int],
         rejected: list[Rejection] = (),  # type: ignore[assignment]
     ) -> None:
         """Nodes asked this round that sent nothing back (timeout, crash, disconnect)."""
-        seen = {int(m.metadata.src_node_id) for m in replies} | {r.node_id for r in rejected}
-        for node in self._asked.get(stage, []):
+        seen = {self._node(m, senders) for m in replies} | {r.node_id for r in rejected}
+        for node in (int(m.metadata.dst_node_id) for m in self._asked.get(stage, [])):
             if node not in seen:
                 self._fail(record, stage, node, "no reply within the round timeout")
                 _log.warning(
@@ -206,14 +225,15 @@ class ClinicalMetricsMixin:
         replies = list(replies)
         record = self.history.round(server_round)
         total: ScoreSummary | None = None
-        self._record_missing(record, "evaluate", replies)
+        senders = self._senders("evaluate")
+        self._record_missing(record, "evaluate", replies, senders)
         for msg in replies:
             if msg.has_error():
-                self._fail(record, "evaluate", int(msg.metadata.src_node_id), msg.error.reason)
+                self._fail(record, "evaluate", self._node(msg, senders), msg.error.reason)
                 _log.warning(
                     "round %d: evaluation failed at node %s: %s",
                     server_round,
-                    msg.metadata.src_node_id,
+                    self._node(msg, senders),
                     msg.error.reason,
                 )
                 continue
@@ -221,7 +241,7 @@ class ClinicalMetricsMixin:
             try:
                 summary = ScoreSummary.from_record(metrics)
             except ValueError as err:
-                self._fail(record, "evaluate", int(msg.metadata.src_node_id), str(err))
+                self._fail(record, "evaluate", self._node(msg, senders), str(err))
                 continue
             site = site_of(msg)
             record.sites[site] = {**summary_metrics(summary), "n": summary.n}

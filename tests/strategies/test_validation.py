@@ -173,3 +173,18 @@ def test_fedbn_updates_may_leave_arrays_out() -> None:
     strategy.configure_train(1, ArrayRecord(GLOBAL), ConfigRecord({}), _Grid([1]))
     arrays, _ = strategy.aggregate_train(1, [_update(1, _with(b=None))])
     assert arrays is not None and strategy.history.round(1).failures == []
+
+
+def test_the_superlinks_error_reply_is_attributed_to_the_unreachable_node() -> None:
+    strategy = build_strategy("fedavg", min_train_nodes=1, min_available_nodes=1)
+    messages = list(
+        strategy.configure_train(1, ArrayRecord(GLOBAL), ConfigRecord({}), _Grid([7, 8]))
+    )
+    for msg in messages:  # what the grid does when it pushes them
+        msg.metadata.__dict__["_message_id"] = f"id-{msg.metadata.dst_node_id}"
+    unreachable = next(m for m in messages if m.metadata.dst_node_id == 8)
+    error = Message(Error(code=5, reason="Node Unavailable"), reply_to=unreachable)
+    error.metadata.__dict__["_src_node_id"] = 1  # the SuperLink answers for the node
+    strategy.aggregate_train(1, [_update(7, _good()), error])
+    (failure,) = strategy.history.round(1).failures
+    assert (failure.node_id, failure.reason) == (8, "Node Unavailable")
