@@ -21,6 +21,7 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 from client.manifest import ManifestError
 from client.privacy import BudgetExhausted, PrivacyConfigError, PrivacyLedger
 from client.site import RoundSettings, SiteConfigError, SiteSettings, get_session
+from models.tasks import TaskDefinitionError
 
 __all__ = ["app", "TRAIN_MODS", "SITE_DATA_ERROR", "PRIVACY_BUDGET_EXHAUSTED"]
 
@@ -104,7 +105,13 @@ def train(msg: Message, context: Context) -> Message:
                 "dp-noise-multiplier": report.noise_multiplier,
                 "dp-max-grad-norm": report.max_grad_norm,
             }
-    except (ManifestError, SiteConfigError, PrivacyConfigError, BudgetExhausted) as err:
+    except (
+        ManifestError,
+        SiteConfigError,
+        TaskDefinitionError,
+        PrivacyConfigError,
+        BudgetExhausted,
+    ) as err:
         return _refuse(msg, context, err)
     metrics = MetricRecord(
         {
@@ -136,7 +143,7 @@ def evaluate(msg: Message, context: Context) -> Message:
         settings = SiteSettings.from_node_config(context.node_config)
         rounds = RoundSettings.from_config(msg.content["config"])
         session = get_session(settings, rounds)
-    except (ManifestError, SiteConfigError, PrivacyConfigError) as err:
+    except (ManifestError, SiteConfigError, TaskDefinitionError, PrivacyConfigError) as err:
         return _refuse(msg, context, err)
     session.load_global(
         msg.content["arrays"].to_torch_state_dict(), local_norm=_local_norm(context, rounds)

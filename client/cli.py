@@ -1,6 +1,7 @@
 """``fedfusion site ...`` commands (site side; no Flower, no server imports).
 
-``fedfusion site check --manifest CSV --task TASK [--site NAME] [--no-image-check]`` is the
+``fedfusion site check --manifest CSV --task TASK|--task-json FILE [--site NAME]
+[--no-image-check]`` is the
 site's preflight: it checks the manifest against the task and prints a summary per split, or
 every problem and exit code 2.
 """
@@ -17,7 +18,7 @@ from rich.table import Table
 from client.deploy_cli import add_site_commands
 from client.gradcam import add_gradcam_command
 from client.manifest import Manifest, ManifestError, load_manifest
-from models.tasks import get_task, list_tasks
+from models.tasks import list_tasks, resolve_task
 
 __all__ = ["register", "run_check"]
 
@@ -50,8 +51,12 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         ),
     )
     check.add_argument("--manifest", required=True, type=Path, metavar="CSV", help="manifest CSV")
+    check.add_argument("--task", metavar="TASK", help=f"task preset ({', '.join(list_tasks())})")
     check.add_argument(
-        "--task", required=True, metavar="TASK", help=f"task preset ({', '.join(list_tasks())})"
+        "--task-json",
+        type=Path,
+        metavar="FILE",
+        help="an ad-hoc task's definition instead of a preset (task.json of `fedfusion simulate`)",
     )
     check.add_argument(
         "--site", default=None, metavar="NAME", help="keep only this site's rows (site column)"
@@ -80,7 +85,7 @@ def run_check(args: argparse.Namespace) -> int:
     """
     console = Console(highlight=False)
     try:
-        task = get_task(args.task)
+        task = resolve_task(args.task, getattr(args, "task_json", None))
     except ValueError as err:
         console.print(f"error: {err}", markup=False, soft_wrap=True)
         return EXIT_PROBLEMS
@@ -137,9 +142,9 @@ def _print_summary(console: Console, manifest: Manifest) -> None:
             *(str(modalities[m]) for m in task.modalities),  # type: ignore[index]
         )
     console.print(table)
+    images = f"; {', '.join(task.modalities)} count rows with that image" if task.modalities else ""
     console.print(
-        f"columns {', '.join(task.classes)} count rows per label; "
-        f"{', '.join(task.modalities)} count rows with that image",
+        f"columns {', '.join(task.classes)} count rows per label{images}",
         markup=False,
         soft_wrap=True,
     )

@@ -9,19 +9,21 @@ tuples of tensors are what Opacus' ``DPDataLoader`` collates without help.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_info
 
 from client.features import FeatureTransform, site_feature_transform
 from client.manifest import Manifest
 from client.sampler import ClassBalancedSampler
 from client.transforms import eval_transforms, load_image, train_transforms
 
-__all__ = ["ManifestDataset", "make_loader"]
+__all__ = ["ManifestDataset", "collate_bags", "make_loader"]
 
 logger = logging.getLogger(__name__)
 
@@ -30,8 +32,9 @@ class ManifestDataset(Dataset):
     """One split of a manifest as ``(x_1, ..., x_M, y)`` items.
 
     A missing modality (empty cell) gives a zero image; how many rows miss each modality is
-    logged once, when the dataset is built. Bag modalities (``;``-separated paths or a
-    folder) are not read yet and raise ``ValueError`` here.
+    logged once, when the dataset is built. A bag modality (``task.bags``) gives a
+    ``(N_i, in_chans, S, S)`` stack of its images (``(0, in_chans, S, S)`` when missing); a
+    bag cell in any other modality raises ``ValueError`` naming its row and column.
 
     Args:
         manifest: a checked manifest (see :func:`client.manifest.load_manifest`).
@@ -59,6 +62,9 @@ class ManifestDataset(Dataset):
         self.split = split
         self.train = train
         self.modalities: tuple[str, ...] = tuple(task.modalities)
+        self.bag_positions: tuple[int, ...] = tuple(
+            j for j, m in enumerate(self.modalities) if m in task.bags
+        )
         self.image_size = task.image_size
         self.in_chans = task.in_chans
         self._rows = rows["row"].to_numpy(dtype=np.int64)
@@ -79,7 +85,7 @@ class ManifestDataset(Dataset):
             if train and images
             else None
         )
-        self._cache: dict[tuple[int, int], torch.Tensor] | None = {} if cache_decoded else None
+        self._cache: dict[tuple[int, int, int], torch.Tensor] | None = {} if cache_decoded else None
 
     @property
     def labels(self) -> np.ndarray:
@@ -95,16 +101,24 @@ class ManifestDataset(Dataset):
         return (*images, *features, torch.tensor(self._labels[index], dtype=torch.int64))
 
     def _image(self, index: int, modality: int) -> torch.Tensor:
-        path = self._paths[index][modality]
-        if not path:
+        cell = self._paths[index][modality]
+        if modality in self.bag_positions:
+            paths = [p for p in cell.split(";") if p]
+            if not paths:
+                return torch.zeros(0, self.in_chans, self.image_size, self.image_size)
+            return torch.stack([self._one(index, modality, k, p) for k, p in enumerate(paths)])
+        if not cell:
             return torch.zeros(self.in_chans, self.image_size, self.image_size)
+        return self._one(index, modality, 0, cell)
+
+    def _one(self, index: int, modality: int, member: int, path: str) -> torch.Tensor:
         if self._cache is None:
             image = self._load(index, modality, path)
             # never `self._augment or ...`: bool(Compose) calls len() -> flatten(), which
             # builds a new Compose that re-seeds the shared random transforms.
             chain = self._augment if self._augment is not None else self._prepare
             return chain(image)
-        key = (index, modality)
+        key = (index, modality, member)
         if key not in self._cache:
             self._cache[key] = self._prepare(self._load(index, modality, path))
         cached = self._cache[key]
@@ -123,14 +137,14 @@ class ManifestDataset(Dataset):
         bags = [
             f"row {row}, column {m!r}"
             for row, paths in zip(self._rows, self._paths, strict=True)
-            for m, path in zip(self.modalities, paths, strict=True)
-            if ";" in path or (path and os.path.isdir(path))
+            for j, (m, path) in enumerate(zip(self.modalities, paths, strict=True))
+            if j not in self.bag_positions and (";" in path or (path and os.path.isdir(path)))
         ]
         if bags:
             shown = "; ".join(bags[:5]) + (f"; ... ({len(bags)} in all)" if len(bags) > 5 else "")
             raise ValueError(
-                "ManifestDataset reads one image per modality; bag cells (several paths or a "
-                f"folder) are not supported yet: {shown}"
+                "these cells hold a bag (several paths or a folder) in a modality that takes "
+                f"one image per row (declare bag modalities in the task's `bags`): {shown}"
             )
 
     def _log_missing(self) -> None:
@@ -178,7 +192,8 @@ def make_loader(
 
     Returns:
         A ``torch.utils.data.DataLoader`` yielding ``(x_1, ..., x_M, y)`` batches with
-        ``x_i`` of shape ``(B, in_chans, S, S)`` and ``y`` of shape ``(B,)``.
+        ``x_i`` of shape ``(B, in_chans, S, S)`` and ``y`` of shape ``(B,)``; a bag modality
+        gives two tensors instead, see :func:`collate_bags`.
     """
     problems = []
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -202,8 +217,14 @@ def make_loader(
     if train and len(dataset) == 0:
         raise ValueError(f"the {split} split of {manifest.path} has no rows to train on")
     sampler = ClassBalancedSampler(dataset.labels, seed=seed) if train and balanced else None
+    collate = (
+        functools.partial(collate_bags, bag_positions=dataset.bag_positions)
+        if dataset.bag_positions
+        else None  # torch's default_collate: tasks without bags keep the plain path
+    )
     return DataLoader(
         dataset,
+        collate_fn=collate,
         batch_size=batch_size,
         shuffle=train and not balanced,
         sampler=sampler,
@@ -214,6 +235,38 @@ def make_loader(
         generator=torch.Generator().manual_seed(seed),
         worker_init_fn=_seed_worker if num_workers else None,
     )
+
+
+def collate_bags(
+    batch: Sequence[Sequence[torch.Tensor]], *, bag_positions: Sequence[int]
+) -> tuple[torch.Tensor, ...]:
+    """Collate flat items whose ``bag_positions`` hold variable-length ``(N_i, C, S, S)`` bags.
+
+    Each bag position becomes two tensors: the bags zero-padded to ``(B, N_max, C, S, S)``
+    (``N_max >= 1``) and a ``(B, N_max)`` bool mask, True where a real image is; every other
+    position is collated by torch's ``default_collate``.
+
+    Args:
+        batch: items ``(x_1, ..., y)`` from :class:`ManifestDataset`.
+        bag_positions: item positions that hold bags.
+
+    Returns:
+        The flat batch, e.g. ``(tem, tem_mask, om, im, y)`` for bags at position 0.
+    """
+    out: list[torch.Tensor] = []
+    for position, values in enumerate(zip(*batch, strict=True)):
+        if position not in bag_positions:
+            out.append(default_collate(list(values)))
+            continue
+        lengths = [v.shape[0] for v in values]
+        size = max([1, *lengths])
+        padded = values[0].new_zeros((len(values), size, *values[0].shape[1:]))
+        mask = torch.zeros(len(values), size, dtype=torch.bool)
+        for i, (bag, n) in enumerate(zip(values, lengths, strict=True)):
+            padded[i, :n] = bag
+            mask[i, :n] = True
+        out += [padded, mask]
+    return tuple(out)
 
 
 def _seed_worker(worker_id: int) -> None:

@@ -27,7 +27,7 @@ from rich.console import Console
 
 from client.keys import SiteKeyError, create_site_keys, load_site_private_key
 from client.manifest import ManifestError, load_manifest
-from models.tasks import get_task, list_tasks
+from models.tasks import list_tasks, resolve_task
 
 __all__ = [
     "DEFAULT_RUNTIME_PORT",
@@ -242,10 +242,16 @@ def add_site_commands(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--site-id", required=True, metavar="NAME", help="this site's name")
     run.add_argument(
         "--task",
-        default="rcc-grading",
+        default=None,
         metavar="TASK",
         help=f"task the manifest is checked against ({', '.join(list_tasks())}; "
         "default rcc-grading)",
+    )
+    run.add_argument(
+        "--task-json",
+        type=Path,
+        metavar="FILE",
+        help="an ad-hoc task's definition (the task.json the coordinator sends) instead of --task",
     )
     run.add_argument("--superlink", required=True, metavar="HOST:PORT", help="SuperLink address")
     run.add_argument(
@@ -339,7 +345,8 @@ def run_site(args: argparse.Namespace) -> int:
             max_retries=args.max_retries,
             executable=_executable("flower-supernode"),
         )
-        task = get_task(args.task)
+        task_json = getattr(args, "task_json", None)
+        task = resolve_task(args.task or (None if task_json else "rcc-grading"), task_json)
     except ValueError as err:
         _error(err)
         return EXIT_REFUSED
@@ -358,7 +365,8 @@ def run_site(args: argparse.Namespace) -> int:
         problems.append(
             f"the manifest {err.path} is not valid for task {task.name} "
             f"({count} problem{'s' if count != 1 else ''}; run `fedfusion site check "
-            f"--manifest {shlex.quote(str(args.manifest))} --task {task.name}` for the list): "
+            f"--manifest {shlex.quote(str(args.manifest))} {_task_flag(args, task.name)}` "
+            "for the list): "
             + "; ".join(str(p) for p in err.problems[:5])
             + (" ..." if count > 5 else "")
         )
@@ -435,6 +443,11 @@ def _executable(name: str) -> str:
     if local.is_file() and os.access(local, os.X_OK):
         return str(local)
     return shutil.which(name) or name
+
+
+def _task_flag(args: argparse.Namespace, name: str) -> str:
+    task_json = getattr(args, "task_json", None)
+    return f"--task-json {shlex.quote(str(task_json))}" if task_json else f"--task {name}"
 
 
 def _error(err: object) -> None:

@@ -35,7 +35,7 @@ from client.features import site_feature_transform
 from client.manifest import Manifest, ManifestError, load_manifest
 from client.transforms import eval_transforms, load_image
 from models import create_model_for_task
-from models.tasks import get_task
+from models.tasks import resolve_task
 
 __all__ = [
     "GradCamResult",
@@ -330,7 +330,10 @@ def add_gradcam_command(commands: argparse._SubParsersAction) -> argparse.Argume
         help="model weights: a torch state_dict file (e.g. the run's global_model.pt)",
     )
     p.add_argument("--manifest", required=True, type=Path, metavar="CSV", help="manifest CSV")
-    p.add_argument("--task", required=True, metavar="TASK", help="task preset the model is for")
+    p.add_argument("--task", metavar="TASK", help="task preset the model is for")
+    p.add_argument(
+        "--task-json", type=Path, metavar="FILE", help="an ad-hoc task's task.json instead"
+    )
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
     p.add_argument("--site", default=None, metavar="NAME", help="keep only this site's rows")
     p.add_argument(
@@ -363,7 +366,9 @@ def add_gradcam_command(commands: argparse._SubParsersAction) -> argparse.Argume
 def run_gradcam(args: argparse.Namespace) -> int:
     """Run ``site gradcam``; returns the exit code (0 ok, 2 bad input)."""
     try:
-        task = get_task(args.task).replace(backbone=args.backbone, image_size=args.image_size)
+        task = resolve_task(args.task, getattr(args, "task_json", None)).replace(
+            backbone=args.backbone, image_size=args.image_size
+        )
         manifest = load_manifest(args.manifest, task, site=args.site, seed=args.seed)
     except (ManifestError, ValueError) as err:
         print(f"error: {err}")

@@ -378,7 +378,13 @@ class _Checker:
             number = float(value)
         except ValueError:
             number = float("nan")
-        if number.is_integer() and 0 <= number < len(classes):
+        if _integer_classes(classes):
+            # classes named by integer label values ("0", "1" or "1", "2"): a label is a
+            # value (1.0 = "1"), never an index, else "0" could mean class "1"
+            allowed = f"{', '.join(repr(c) for c in classes)} (the label values)"
+            if number.is_integer() and str(int(number)) in classes:
+                return classes.index(str(int(number)))
+        elif number.is_integer() and 0 <= number < len(classes):
             return int(number)
         close = _close_matches(value, list(classes))
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
@@ -386,21 +392,43 @@ class _Checker:
         return -1
 
     def _cell(self, row: int, column: str, value: str) -> str:
-        """Check one modality cell; return its absolute path(s) (``;``-joined)."""
+        """Check one modality cell; return its absolute path(s) (``;``-joined).
+
+        A bag modality (``task.bags``) may hold a folder or ``;``-separated paths; folders are
+        expanded to their image files (sorted by name). Any other modality takes one image.
+        """
         if not value:
             return ""
+        is_bag = column in self.task.bags
         parts = [p.strip() for p in value.split(";") if p.strip()]
+        if is_bag and not parts:
+            self.add(row, column, f"empty bag {value!r}: give a folder or ';'-separated paths")
+            return ""
+        if not is_bag and len(parts) > 1:
+            self.add(row, column, self._not_a_bag_message(f"{len(parts)} ';'-separated paths"))
         resolved = []
         for part in parts:
             target = self._resolve(part)
-            resolved.append(str(target))
             if not target.exists():
+                resolved.append(str(target))
                 self.add(row, column, f"file not found: {part!r} (looked for {target})")
             elif target.is_dir():
-                self._folder(row, column, part, target)
+                if not is_bag:
+                    self.add(row, column, self._not_a_bag_message(f"the folder {part!r}"))
+                images = self._folder(row, column, part, target)
+                resolved += [str(image) for image in images] if is_bag else [str(target)]
             else:
+                resolved.append(str(target))
                 self._file(row, column, part, target)
         return ";".join(resolved)
+
+    def _not_a_bag_message(self, what: str) -> str:
+        bags = ", ".join(repr(b) for b in self.task.bags)
+        takes = f"only {bags} take bags" if bags else "none of its modalities takes a bag"
+        return (
+            f"holds {what}, but this column takes one image per row "
+            f"(task {self.task.name!r}: {takes})"
+        )
 
     def _resolve(self, text: str) -> Path:
         if os.sep == "/" and "\\" in text:
@@ -408,12 +436,13 @@ class _Checker:
         path = Path(text).expanduser()
         return Path(os.path.normpath(path if path.is_absolute() else self.root / path))
 
-    def _folder(self, row: int, column: str, text: str, folder: Path) -> None:
+    def _folder(self, row: int, column: str, text: str, folder: Path) -> list[Path]:
         images = _folder_images(folder)
         if not images:
-            self.add(row, column, f"folder {text!r} holds no images ({_FORMATS_TEXT})")
+            self.add(row, column, f"empty bag: folder {text!r} holds no images ({_FORMATS_TEXT})")
         for image in images:
             self._file(row, column, os.path.join(text, image.name), image)
+        return images
 
     def _file(self, row: int, column: str, text: str, target: Path) -> None:
         family = image_format(target)
@@ -477,6 +506,11 @@ class _Checker:
             f"patient {patient!r} is in more than one split ({'; '.join(parts)}); "
             "keep all of a patient's rows in one split",
         )
+
+
+def _integer_classes(classes: tuple[str, ...]) -> bool:
+    """Whether every class name is an integer literal (``"0"``, ``"1"``, ``"-1"``)."""
+    return all(c.lstrip("-").isdigit() for c in classes)
 
 
 def _close_matches(name: str, choices: list[str]) -> list[str]:

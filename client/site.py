@@ -114,7 +114,13 @@ class RoundSettings:
         def get(key: str, default: object) -> object:
             return config.get(key, default)
 
-        task = get_task(str(get("task", "rcc-grading"))).replace(
+        task_json = str(get("task-json", ""))
+        base = (
+            TaskSpec.from_json(task_json, source="the server's task-json")
+            if task_json
+            else get_task(str(get("task", "rcc-grading")))
+        )
+        task = base.replace(
             backbone=str(get("backbone", "")),
             image_size=int(get("image-size", 0)),  # type: ignore[call-overload]
         )

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from models.losses import build_focal_loss
+from models.losses import build_focal_loss, model_loss
 from models.metrics import ScoreSummary, classification_metrics
 
 __all__ = [
@@ -135,6 +135,9 @@ def train_local(
 ) -> TrainResult:
     """Train ``model`` in place with SGD and the class-balanced focal loss.
 
+    A model with its own ``training_loss`` (CMUS-Net: auxiliary heads plus the fused head)
+    gets the focal loss as its per-head criterion (see :func:`models.losses.model_loss`).
+
     Args:
         model: takes one (B, C, H, W) tensor per modality, returns logits (B, K).
         loader: yields flat tuples ``(x_1, ..., x_M, y)``.
@@ -181,7 +184,7 @@ def train_local(
             inputs = tuple(x.to(device) for x in inputs)
             target = target.to(device)
             optimizer.zero_grad(set_to_none=True)
-            loss = criterion(model(*inputs), target)
+            loss = model_loss(model, inputs, target, criterion)  # the model's own, if it has one
             if anchor is not None:
                 drift = sum(
                     (p - a).pow(2).sum() for p, a in zip(model.parameters(), anchor, strict=True)

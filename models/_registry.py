@@ -51,6 +51,8 @@ _BUILTIN_MODEL_MODULES: tuple[str, ...] = (
     "models.mufnet",
     "models.resnet_fusion",
     "models.clinical",
+    "models.cmusnet",
+    "models.image_classifier",
 )
 _builtins_loaded = False
 

@@ -29,7 +29,7 @@ import torch
 from monai.losses import FocalLoss as _MonaiFocalLoss
 from torch import nn
 
-__all__ = ["SoftmaxFocalLoss", "build_focal_loss", "class_balance_weights"]
+__all__ = ["SoftmaxFocalLoss", "build_focal_loss", "class_balance_weights", "model_loss"]
 
 logger = logging.getLogger(__name__)
 
@@ -190,3 +190,30 @@ def build_focal_loss(
     """
     weights = None if class_counts is None else class_balance_weights(class_counts)
     return SoftmaxFocalLoss(gamma=gamma, class_weights=weights)
+
+
+def model_loss(
+    model: nn.Module,
+    inputs: Sequence[torch.Tensor],
+    target: torch.Tensor,
+    criterion: nn.Module,
+) -> torch.Tensor:
+    """The training loss of ``model`` on one batch.
+
+    A model that defines ``training_loss(*inputs, target=, criterion=)`` (e.g. CMUS-Net's
+    weighted sum over auxiliary and fused heads) computes its own loss from ``criterion``;
+    every other model gets ``criterion(model(*inputs), target)``. An Opacus
+    ``GradSampleModule`` is looked through (its hooks sit on the inner layers, so per-sample
+    gradients stay exact).
+
+    Args:
+        model: the network, possibly wrapped by Opacus.
+        inputs: the batch's input tensors, in the model's order.
+        target: class indices ``(B,)``.
+        criterion: per-head loss, e.g. :class:`SoftmaxFocalLoss`.
+    """
+    inner = getattr(model, "_module", model)
+    own = getattr(inner, "training_loss", None)
+    if callable(own):
+        return own(*inputs, target=target, criterion=criterion)
+    return criterion(model(*inputs), target)

@@ -7,11 +7,26 @@ column per modality, and labels must be one of ``classes`` (or their integer ind
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from models._options import look_up_option
 
-__all__ = ["TaskSpec", "register_task", "get_task", "list_tasks"]
+__all__ = [
+    "TaskSpec",
+    "TaskDefinitionError",
+    "register_task",
+    "get_task",
+    "list_tasks",
+    "load_task_file",
+    "resolve_task",
+]
+
+
+class TaskDefinitionError(ValueError):
+    """A task definition (``task.json``, ``--task-json``) that cannot be read or is invalid."""
 
 
 @dataclass(frozen=True)
@@ -35,6 +50,11 @@ class TaskSpec:
             feature is numeric. A feature with 2 levels becomes one 0/1 input (1 = the second
             level), one with more levels a one-hot block (see ``models.clinical``). Levels are
             declared, not learned, so every site builds the same input width.
+        bags: the modalities that hold a bag of images per row (a folder or ``;``-separated
+            paths in the manifest cell, e.g. the electron-microscopy fields of one biopsy); the
+            dataset gives them as ``(N, C, S, S)`` per row and the loader pads them to
+            ``(B, N_max, C, S, S)`` followed by a ``(B, N_max)`` bool mask. Every other
+            modality takes exactly one image per row.
     """
 
     name: str
@@ -48,9 +68,14 @@ class TaskSpec:
     description: str = ""
     model_kwargs: dict[str, object] = field(default_factory=dict, hash=False, compare=False)
     categories: dict[str, tuple[str, ...]] = field(default_factory=dict, hash=False)
+    bags: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        problems = []
+        problems = [
+            f"bags names {name!r}, which is not one of the modalities"
+            for name in self.bags
+            if name not in self.modalities
+        ]
         levels: dict[str, tuple[str, ...]] = {}
         for name, values in dict(self.categories).items():
             if name not in self.features:
@@ -71,6 +96,7 @@ class TaskSpec:
         if problems:
             raise ValueError(f"task {self.name!r}: " + "; ".join(problems))
         object.__setattr__(self, "categories", levels)
+        object.__setattr__(self, "bags", tuple(self.bags))
 
     @property
     def num_classes(self) -> int:
@@ -83,10 +109,80 @@ class TaskSpec:
 
     def to_dict(self) -> dict[str, object]:
         out = dataclasses.asdict(self)
-        for key in ("modalities", "classes", "features"):
+        for key in ("modalities", "classes", "features", "bags"):
             out[key] = list(out[key])
         out["categories"] = {k: list(v) for k, v in self.categories.items()}
         return out
+
+    def to_json(self) -> str:
+        """The definition as one line of JSON (what ``task.json`` and ``task-json`` hold)."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, data: object, *, source: str = "task definition") -> TaskSpec:
+        """Build a task from :meth:`to_dict` output (e.g. a ``task.json`` file).
+
+        Args:
+            data: a mapping with the fields of :class:`TaskSpec`; ``name``, ``model`` and
+                ``classes`` are required, the others default as in the dataclass.
+            source: where the data came from, for error messages.
+
+        Raises:
+            TaskDefinitionError: listing every problem (unknown or missing keys, wrong types).
+        """
+        if not isinstance(data, dict):
+            raise TaskDefinitionError(
+                f"{source}: expected a JSON object, got {type(data).__name__}"
+            )
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        problems = [f"unknown key {key!r}" for key in sorted(set(data) - set(known))]
+        problems += [
+            f"missing key {key!r}" for key in ("name", "model", "classes") if key not in data
+        ]
+        values: dict[str, object] = {}
+        for key, value in data.items():
+            if key not in known:
+                continue
+            if key in ("modalities", "classes", "features"):
+                if not isinstance(value, list | tuple) or not all(
+                    isinstance(v, str) and v for v in value
+                ):
+                    problems.append(f"{key!r} must be a list of non-empty strings, got {value!r}")
+                    continue
+                value = tuple(value)
+            elif key in ("image_size", "in_chans"):
+                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                    problems.append(f"{key!r} must be an integer >= 0, got {value!r}")
+                    continue
+            elif key in ("model_kwargs", "categories"):
+                if not isinstance(value, dict):
+                    problems.append(f"{key!r} must be an object, got {value!r}")
+                    continue
+                value = dict(value)
+            elif not isinstance(value, str):
+                problems.append(f"{key!r} must be a string, got {value!r}")
+                continue
+            values[key] = value
+        if "classes" in values and len(values["classes"]) < 2:  # type: ignore[arg-type]
+            problems.append(f"'classes' needs at least 2 classes, got {data['classes']!r}")
+        if problems:
+            raise TaskDefinitionError(f"{source}: " + "; ".join(problems))
+        values.setdefault("modalities", ())
+        values.setdefault("image_size", 0)
+        values.setdefault("backbone", "")
+        try:
+            return cls(**values)  # type: ignore[arg-type]
+        except ValueError as err:
+            raise TaskDefinitionError(f"{source}: {err}") from err
+
+    @classmethod
+    def from_json(cls, text: str, *, source: str = "task-json") -> TaskSpec:
+        """Build a task from :meth:`to_json` text (see :meth:`from_dict`)."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise TaskDefinitionError(f"{source}: not valid JSON: {err}") from err
+        return cls.from_dict(data, source=source)
 
 
 _TASKS: dict[str, TaskSpec] = {}
@@ -106,6 +202,40 @@ def get_task(name: str) -> TaskSpec:
 
 def list_tasks() -> list[str]:
     return sorted(_TASKS)
+
+
+def load_task_file(path: str | os.PathLike[str]) -> TaskSpec:
+    """Read an ad-hoc task definition written by ``fedfusion simulate`` (``task.json``).
+
+    Raises:
+        TaskDefinitionError: the file is missing, not JSON, or not a valid task.
+    """
+    file = Path(path).expanduser()
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as err:
+        raise TaskDefinitionError(f"cannot read task definition {str(file)!r}: {err}") from err
+    return TaskSpec.from_json(text, source=str(file))
+
+
+def resolve_task(
+    name: str | None = None, task_json: str | os.PathLike[str] | None = None
+) -> TaskSpec:
+    """The task a command works on: a preset ``name`` or a ``task.json`` file (not both).
+
+    Raises:
+        TaskDefinitionError: both or neither given, or the file is invalid.
+        UnknownOptionError: an unknown preset name (with "did you mean").
+    """
+    if task_json and name:
+        raise TaskDefinitionError(
+            "give a task preset (--task) or a task file (--task-json), not both"
+        )
+    if task_json:
+        return load_task_file(task_json)
+    if not name:
+        raise TaskDefinitionError("no task: give a preset with --task or a file with --task-json")
+    return get_task(name)
 
 
 register_task(

@@ -32,7 +32,7 @@ from server.resume import (
 from server.rounds import run_rounds
 from server.store import RunRecorder, RunStoreError
 from strategies.audit import AUDIT_FILE, AuditTrail, dp_settings
-from strategies.central_dp import UNIFORM_WEIGHT_KEY, with_central_dp
+from strategies.central_dp import UNIFORM_WEIGHT_KEY, CentralDPFixedClipping, with_central_dp
 from strategies.factory import build_strategy
 from strategies.history import RoundRecord, RunHistory
 from strategies.validation import UpdateChecks
@@ -53,6 +53,8 @@ class FederationResult:
     history: RunHistory
     final_state: dict[str, torch.Tensor]
     wall_seconds: float
+    #: Central DP accounting (:meth:`CentralDPAccountant.summary`); None without central DP.
+    central_dp: dict[str, object] | None = None
 
 
 def run_federation(
@@ -107,7 +109,10 @@ def run_federation(
             noise_multiplier=config.central_dp_noise_multiplier,
             clipping_norm=config.central_dp_clipping_norm,
             num_sites=config.min_train_nodes,
+            delta=config.central_dp_delta,
         )
+    if resume is not None and isinstance(runner, CentralDPFixedClipping):
+        runner.privacy.restore(resume.extra.get("central-dp", {}))  # epsilon spent before
     first_round = resume.round + 1 if resume is not None else 1
     _log.info(
         "federation: task %s, model %s (%s @ %d px), rounds %d-%d",
@@ -129,7 +134,7 @@ def run_federation(
             train_config=ConfigRecord(config.client_config()),
             evaluate_config=ConfigRecord(config.client_config()),
             seed=config.seed,
-            after_round=_after_round_fn(config, strategy, recorder),
+            after_round=_after_round_fn(config, strategy, recorder, runner),
         )
         outcome = FederationResult(
             config=config,
@@ -137,6 +142,9 @@ def run_federation(
             history=strategy.history,
             final_state=arrays.to_torch_state_dict(),
             wall_seconds=time.perf_counter() - started,
+            central_dp=runner.privacy.summary()
+            if isinstance(runner, CentralDPFixedClipping)
+            else None,
         )
         if config.out_dir:
             write_outputs(outcome, Path(config.out_dir))
@@ -167,7 +175,7 @@ def _load_resume(config: RunConfig) -> ResumePoint | None:
 
 
 def _after_round_fn(
-    config: RunConfig, strategy: Strategy, recorder: RunRecorder | None
+    config: RunConfig, strategy: Strategy, recorder: RunRecorder | None, runner: Strategy
 ) -> Callable[[int, ArrayRecord], None]:
     """After each round: the round's global model into the run store's checkpoints, and the
     resume point (model + strategy state + round) into the run's folder."""
@@ -192,6 +200,11 @@ def _after_round_fn(
                     strategy=strategy.strategy_state(),  # type: ignore[attr-defined]
                     config=config.to_dict(),
                     run_id=recorder.run_id if recorder is not None else None,
+                    extra=(
+                        {"central-dp": runner.privacy.state()}
+                        if isinstance(runner, CentralDPFixedClipping)
+                        else {}
+                    ),
                 ),
             )
 
@@ -252,6 +265,8 @@ def write_outputs(outcome: FederationResult, out_dir: Path) -> None:
         "rounds": [r.to_results() for r in outcome.history.rounds],
         "wall_seconds": outcome.wall_seconds,
     }
+    if outcome.central_dp is not None:
+        history["central_dp"] = outcome.central_dp
     (out_dir / "history.json").write_text(json.dumps(history, indent=2))
     _log.info("server outputs written to %s", out_dir)
 

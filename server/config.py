@@ -32,6 +32,7 @@ class RunConfigError(ValueError):
 # Keys sent to every site with each train/evaluate message (the site reads them in client.app).
 CLIENT_KEYS = (
     "task",
+    "task-json",
     "backbone",
     "image-size",
     "local-epochs",
@@ -61,6 +62,9 @@ class RunConfig:
     """Typed view of the run config (kebab-case keys map to snake_case fields)."""
 
     task: str = "rcc-grading"
+    # An ad-hoc task's full definition (TaskSpec.to_json(), e.g. a task.json written by
+    # `fedfusion simulate --model ...`); when set it replaces the preset named by `task`.
+    task_json: str = ""
     backbone: str = ""
     image_size: int = 0
     num_server_rounds: int = 3
@@ -240,15 +244,21 @@ class RunConfig:
         if self.strategy == "fedprox" and self.proximal_mu == 0:
             _log.warning("strategy fedprox with proximal-mu 0 is FedAvg")
         try:
-            get_task(self.task)
+            self._base_task()
         except ValueError as err:
             problems.append(str(err))
         if problems:
             raise RunConfigError("invalid run config: " + "; ".join(problems))
 
+    def _base_task(self) -> TaskSpec:
+        if self.task_json:
+            return TaskSpec.from_json(self.task_json, source="run config task-json")
+        return get_task(self.task)
+
     def task_spec(self) -> TaskSpec:
-        """The task preset with this run's backbone / image-size overrides applied."""
-        return get_task(self.task).replace(backbone=self.backbone, image_size=self.image_size)
+        """The task (the preset, or the ad-hoc ``task-json``) with this run's backbone /
+        image-size overrides applied."""
+        return self._base_task().replace(backbone=self.backbone, image_size=self.image_size)
 
     @property
     def uses_dp_model(self) -> bool:

@@ -42,11 +42,12 @@ _FORMAT = 1
 #: Run-config keys a resumed run must share with the run it continues (else the result is
 #: not that run's): what sites train with, how the server aggregates, and the round count.
 MUST_MATCH = (
-    "task", "backbone", "image-size", "num-server-rounds", "local-epochs", "batch-size",
-    "learning-rate", "lr-step-epochs", "lr-gamma", "momentum", "weight-decay", "focal-gamma",
-    "grad-clip-norm", "class-balanced-sampling", "seed", "dp-safe-model", "dp-epsilon",
-    "dp-delta", "dp-max-grad-norm", "central-dp-noise-multiplier", "central-dp-clipping-norm",
-    "strategy", "proximal-mu", "server-lr", "trim-beta", "krum-malicious", "fraction-train",
+    "task", "task-json", "backbone", "image-size", "num-server-rounds", "local-epochs",
+    "batch-size", "learning-rate", "lr-step-epochs", "lr-gamma", "momentum", "weight-decay",
+    "focal-gamma", "grad-clip-norm", "class-balanced-sampling", "seed", "dp-safe-model",
+    "dp-epsilon", "dp-delta", "dp-max-grad-norm", "central-dp-noise-multiplier",
+    "central-dp-clipping-norm", "strategy", "proximal-mu", "server-lr", "trim-beta",
+    "krum-malicious", "fraction-train",
 )  # fmt: skip
 
 

@@ -15,11 +15,16 @@ import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from models.tasks import TaskSpec
+    from simulation.scenario import Scenario
 
 __all__ = ["main", "build_parser"]
 
@@ -57,7 +62,10 @@ def _add_simulate(subparsers: argparse._SubParsersAction) -> None:
         "report.md and plots.",
     )
     p.add_argument(
-        "scenario", help="a bundled scenario name (see `fedfusion list`) or a .toml path"
+        "scenario",
+        nargs="?",
+        help="a bundled scenario name (see `fedfusion list`) or a .toml path; optional for an "
+        "ad-hoc task (--manifest CSV --model NAME ...)",
     )
     p.add_argument("--rounds", type=int, help="server rounds (default: the scenario's)")
     p.add_argument("--methods", default="fedavg", help="comma-separated methods (default: fedavg)")
@@ -94,6 +102,24 @@ def _add_simulate(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="continue a crashed simulation in --out from each method's last finished round",
     )
+    adhoc = p.add_argument_group(
+        "ad-hoc task (any manifest that follows the contract; see docs/tasks.md)",
+        "With --model the task is declared here instead of by a preset: give --manifest and "
+        "the columns to read. The task is written to OUT/task.json.",
+    )
+    adhoc.add_argument("--model", help="registered model, e.g. image-classifier, clinical-mlp")
+    adhoc.add_argument("--modalities", metavar="A,B", help="image columns, in model order")
+    adhoc.add_argument("--features", metavar="F1,F2", help="clinical feature columns")
+    adhoc.add_argument(
+        "--classes",
+        metavar="X,Y",
+        help="class names or the integer values of the label column (default: every label "
+        "found, sorted; the last is the positive class)",
+    )
+    adhoc.add_argument(
+        "--site-column", default="site", help="column naming each row's site (default site)"
+    )
+    adhoc.add_argument("--task-name", default="adhoc", help="the task's name (default adhoc)")
     p.add_argument("--cpus", type=int, help="CPUs for the simulation (default: all)")
     p.add_argument("--ray-address", help="join an existing Ray cluster")
     p.add_argument("--verbose", action="store_true", help="show Flower and Ray logs")
@@ -109,9 +135,8 @@ def _add_simulate(subparsers: argparse._SubParsersAction) -> None:
 def _run_simulate(args: argparse.Namespace) -> int:
     from simulation.report import COMPARISON_HEADER, comparison_rows, metric_table, write_report
     from simulation.runner import SimulationOptions, simulate
-    from simulation.scenario import load_scenario
 
-    scenario = load_scenario(args.scenario)
+    scenario, task, manifest = _scenario_and_task(args)
     overrides = _parse_overrides(args.run_config)
     for key, value in (
         ("backbone", args.backbone),
@@ -129,8 +154,9 @@ def _run_simulate(args: argparse.Namespace) -> int:
         methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
         rounds=args.rounds,
         seed=args.seed,
-        manifest=args.manifest,
+        manifest=manifest,
         overrides=overrides,
+        task=task,
         cpus=args.cpus,
         ray_address=args.ray_address,
         verbose=args.verbose,
@@ -203,6 +229,54 @@ def _run_simulate(args: argparse.Namespace) -> int:
         prog = sys.argv[0] if Path(sys.argv[0]).name == "fedfusion" else "fedfusion"
         _console.print(dashboard_hint(db_url, prog=prog), soft_wrap=True, markup=False)
     return 0
+
+
+def _scenario_and_task(
+    args: argparse.Namespace,
+) -> tuple[Scenario, TaskSpec | None, Path | None]:
+    """(scenario, ad-hoc task or None, manifest or None) from the ``simulate`` arguments."""
+    from simulation.adhoc import AdhocRequest, build_adhoc_task, split_list
+    from simulation.scenario import Scenario, load_scenario
+
+    declared = [
+        flag
+        for flag, value in (
+            ("--modalities", args.modalities),
+            ("--features", args.features),
+            ("--classes", args.classes),
+            ("--site-column", None if args.site_column == "site" else args.site_column),
+        )
+        if value
+    ]
+    if args.model is None:
+        if declared:
+            raise ValueError(f"{', '.join(declared)} declare an ad-hoc task: add --model NAME")
+        if not args.scenario:
+            raise ValueError(
+                "give a scenario (see `fedfusion list`), or an ad-hoc task: "
+                "--manifest CSV --model NAME --modalities ... / --features ..."
+            )
+        return load_scenario(args.scenario), None, args.manifest
+    if args.manifest is None:
+        raise ValueError("an ad-hoc task (--model) needs --manifest CSV with a site column")
+    request = AdhocRequest(
+        manifest=args.manifest,
+        model=args.model,
+        site_column=args.site_column,
+        modalities=split_list(args.modalities),
+        features=split_list(args.features),
+        classes=split_list(args.classes),
+        backbone=args.backbone or "",
+        image_size=args.image_size or 0,
+        name=args.task_name,
+    )
+    task, manifest = build_adhoc_task(request, out_dir=args.out)
+    scenario = (
+        load_scenario(args.scenario)
+        if args.scenario
+        else Scenario(name=task.name, task=task.name, description=task.description)
+    )
+    return scenario, task, manifest
 
 
 def _add_list(subparsers: argparse._SubParsersAction) -> None:

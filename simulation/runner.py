@@ -26,6 +26,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from client import app as client_app_module
 from models._options import look_up_option
+from models.tasks import TaskSpec
 from server.app import FederationResult, run_federation
 from server.config import RunConfig
 from server.resume import RESUME_FILE
@@ -76,6 +77,8 @@ class SimulationOptions:
             (``dp-epsilon``, ``dp-delta``, ``dp-max-grad-norm``); empty = no local DP.
         resume: continue each federated method from the resume point a crashed simulation
             left in ``out_dir/METHOD`` (methods without one start from round 1).
+        task: an ad-hoc task (``simulation.adhoc``) replacing the scenario's preset; it
+            travels to the sites in the ``task-json`` run-config key. Default None.
     """
 
     out_dir: Path
@@ -90,6 +93,7 @@ class SimulationOptions:
     verbose: bool = False
     site_budget: Mapping[str, float] | None = None
     resume: bool = False
+    task: TaskSpec | None = None
 
 
 def prepare_data(scenario: Scenario, out_dir: Path, *, seed: int) -> Path:
@@ -223,6 +227,8 @@ def simulate(
     sites = _sites_of(manifest)
     run_config: dict[str, Any] = {**scenario.run, "task": scenario.task, "seed": options.seed}
     run_config.update(options.overrides or {})
+    if options.task is not None:
+        run_config.update({"task": options.task.name, "task-json": options.task.to_json()})
     if options.rounds is not None:
         run_config["num-server-rounds"] = options.rounds
     if options.site_budget:
@@ -233,6 +239,8 @@ def simulate(
     for method in (m for m in methods if m in FEDERATED_METHODS):
         RunConfig.from_mapping({**run_config, "strategy": method})  # e.g. secagg is FedAvg only
     task = config.task_spec()
+    # the task as run (preset or ad-hoc, with overrides): `fedfusion site check --task-json`
+    (out_dir / "task.json").write_text(task.to_json() + "\n", encoding="utf-8")
 
     runs = []
     for method in methods:
@@ -251,7 +259,13 @@ def simulate(
 
         outcome = _run_fedavg(method_config, manifest, sites, options, _round_done)
         runs.append(
-            _run_entry(method, outcome.history, time.perf_counter() - started, outcome.config)
+            _run_entry(
+                method,
+                outcome.history,
+                time.perf_counter() - started,
+                outcome.config,
+                central_dp=outcome.central_dp,
+            )
         )
 
     results = {
@@ -298,7 +312,12 @@ def _run_baseline(
 
 
 def _run_entry(
-    method: str, history: RunHistory, wall_seconds: float, config: RunConfig
+    method: str,
+    history: RunHistory,
+    wall_seconds: float,
+    config: RunConfig,
+    *,
+    central_dp: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     rounds = [r.to_results() for r in history.rounds]
     last = history.last
@@ -322,15 +341,20 @@ def _run_entry(
     }
     if spent:
         entry["epsilon"] = spent  # the last round each site trained in
-    if config.central_dp:
+    if config.central_dp:  # the server's accountant: per round and cumulative epsilon
         entry["central_dp"] = {
-            "noise_multiplier": config.central_dp_noise_multiplier,
             "clipping_norm": config.central_dp_clipping_norm,
-            "delta": config.central_dp_delta,
-            "epsilon": central_dp_epsilon(
-                noise_multiplier=config.central_dp_noise_multiplier,
-                rounds=len(history.rounds),
-                delta=config.central_dp_delta,
+            **(
+                central_dp
+                or {
+                    "noise_multiplier": config.central_dp_noise_multiplier,
+                    "delta": config.central_dp_delta,
+                    "epsilon": central_dp_epsilon(
+                        noise_multiplier=config.central_dp_noise_multiplier,
+                        rounds=len(history.rounds),
+                        delta=config.central_dp_delta,
+                    ),
+                }
             ),
         }
     return entry

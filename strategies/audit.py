@@ -8,7 +8,14 @@ as the round's replies are in (so the trail survives a crash later in the run)::
      "failed": [{"node-id": ..., "site": ..., "error-code": ..., "reason": ...}],
      "sites": {"center-a": {"node-id": ..., "num-examples": 120, "update-l2-norm": 0.83,
                             "dp": {"dp-epsilon-spent": 1.2, ...}}},
-     "dp": {"dp-epsilon": 0.0, "central-dp-noise-multiplier": 0.0, ...}}
+     "dp": {"dp-epsilon": 0.0, "central-dp-noise-multiplier": 0.0, ...},
+     "central-dp": {"released": true, "epsilon-round": 0.9, "epsilon": 1.4, "delta": 1e-5,
+                    "releases": 2, "accountant": "flwr[dp] RDP"}}
+
+``central-dp`` is there only under central DP: whether this round's noisy aggregate was
+released, the client-level epsilon of that one release and the cumulative epsilon of all
+releases so far, from the server's accountant
+(:class:`~strategies.central_dp.CentralDPAccountant`).
 
 What it holds, and only that: node ids and site names, example counts, the L2 norm of each
 site's update relative to the round's global model (floating-point arrays only), the ``dp-*``
@@ -122,6 +129,7 @@ class RoundAudit:
     asked: list[int]
     updates: list[SiteUpdate]
     dp: dict[str, object]
+    central_dp: dict[str, object] | None = None
 
     @property
     def answered(self) -> list[str]:
@@ -173,6 +181,7 @@ class RoundAudit:
                 "used": self.used,
                 "sites": sites,
                 "dp": self.dp,
+                **({} if self.central_dp is None else {"central-dp": self.central_dp}),
             }
         )
 
@@ -204,6 +213,7 @@ class AuditTrail:
         self._global: ArrayRecord | None = None
         self._global_np: dict[str, np.ndarray] = {}
         self._site_names: dict[int, str] = {}  # node id -> site, from earlier replies
+        self._central_dp: dict[str, object] | None = None
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             kept = []
@@ -223,6 +233,10 @@ class AuditTrail:
         self._asked = [int(n) for n in asked]
         self._global = arrays
         self._global_np = {}
+
+    def note_central_dp(self, accounting: Mapping[str, object] | None) -> None:
+        """Central-DP accounting to record with the next :meth:`record_train`."""
+        self._central_dp = None if accounting is None else dict(accounting)
 
     def record_train(
         self,
@@ -259,7 +273,9 @@ class AuditTrail:
             asked=asked,
             updates=updates,
             dp=dict(self.settings),
+            central_dp=self._central_dp,
         )
+        self._central_dp = None
         self.rounds.append(entry)
         self._global_np = {}  # free the round's copy of the model
         if self.path is not None:

@@ -109,7 +109,6 @@ class ClinicalMetricsMixin:
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
-        senders = self._senders("train")
         rejected: list[Rejection] = []
         if self.update_checks is not None and self._sent is not None:
             checks = dataclasses.replace(
@@ -120,6 +119,30 @@ class ClinicalMetricsMixin:
                 if not msg.has_error():
                     self._site_names[int(msg.metadata.src_node_id)] = site_of(msg)
             replies, rejected = screen_updates(global_np, replies, checks)
+        usable = self.record_train_replies(server_round, replies, rejected=rejected)
+        if usable < self.min_answers:
+            record = self.history.round(server_round)
+            record.note = (
+                f"only {usable} usable update{'s' if usable != 1 else ''} "
+                f"(min-answers {self.min_answers}): the global model was not changed"
+            )
+            _log.warning("round %d: %s", server_round, record.note)
+            return None, None
+        arrays, metrics = super().aggregate_train(server_round, replies)
+        return self._keep_dtypes(arrays), metrics
+
+    def record_train_replies(
+        self,
+        server_round: int,
+        replies: list[Message],
+        *,
+        rejected: Iterable[Rejection] = (),
+    ) -> int:
+        """Audit the round's train replies and note each site's scalars or failure (error
+        reply, rejected update, no reply) in :attr:`history`; returns the number of usable
+        updates. Called by :meth:`aggregate_train`, or by a wrapper that skips it."""
+        rejected = list(rejected)
+        senders = self._senders("train")
         if self.audit is not None:
             self.audit.record_train(
                 server_round,
@@ -144,15 +167,7 @@ class ClinicalMetricsMixin:
             metrics = next(iter(msg.content.metric_records.values()))
             record.train[site_of(msg)] = dict(metrics)
         self._record_missing(record, "train", replies, senders, rejected)
-        if usable < self.min_answers:
-            record.note = (
-                f"only {usable} usable update{'s' if usable != 1 else ''} "
-                f"(min-answers {self.min_answers}): the global model was not changed"
-            )
-            _log.warning("round %d: %s", server_round, record.note)
-            return None, None
-        arrays, metrics = super().aggregate_train(server_round, replies)
-        return self._keep_dtypes(arrays), metrics
+        return usable
 
     def _keep_dtypes(self, arrays: ArrayRecord | None) -> ArrayRecord | None:
         """The global model keeps the dtypes it was sent with (Flower's FedAdam/FedYogi

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from flwr.serverapp.strategy import FedAvg
-
 from strategies.clinical import ClinicalMetricsMixin, site_of
+from strategies.streaming import StreamingFedAvg
 
 __all__ = ["ClinicalFedAvg", "site_of"]
 
 
-class ClinicalFedAvg(ClinicalMetricsMixin, FedAvg):
-    """Flower's FedAvg; see :class:`~strategies.clinical.ClinicalMetricsMixin`."""
+class ClinicalFedAvg(ClinicalMetricsMixin, StreamingFedAvg):
+    """Flower's FedAvg with streaming aggregation (:mod:`strategies.streaming`); see
+    :class:`~strategies.clinical.ClinicalMetricsMixin`."""

@@ -10,6 +10,7 @@ from client.manifest import ManifestError, ManifestProblem, image_format, load_m
 from tests.client._data import make_site, small_task, write_csv
 
 TASK = small_task()
+BAG_TASK = TASK.replace(bags=("bmode",))  # bmode cells may hold a folder or ';'-separated paths
 
 Rows = list[dict[str, str]]
 
@@ -225,8 +226,8 @@ def test_bags_absolute_paths_and_other_formats(site: tuple[Path, Rows]) -> None:
     rows[0]["bmode"] = "bag"  # a folder bag
     rows[1]["bmode"] = "img/p01_bmode.png; img/p00_ceus.png"  # a ;-separated bag
     rows[2]["ceus"] = str(root / "img/p02_ceus.png")  # absolute
-    manifest = load_manifest(write_csv(root / "m.csv", rows), TASK)
-    assert manifest.frame.loc[0, "bmode"] == str(bag)
+    manifest = load_manifest(write_csv(root / "m.csv", rows), BAG_TASK)
+    assert manifest.frame.loc[0, "bmode"] == f"{bag}/field1.npy;{bag}/field2.npy"  # expanded
     assert manifest.frame.loc[1, "bmode"] == f"{root}/img/p01_bmode.png;{root}/img/p00_ceus.png"
     assert manifest.frame.loc[2, "ceus"] == str(root / "img/p02_ceus.png")
 
@@ -234,7 +235,7 @@ def test_bags_absolute_paths_and_other_formats(site: tuple[Path, Rows]) -> None:
     (root / "scan.nii").write_bytes(b"\0" * 400)
     rows[3]["ceus"] = "scan.nii"
     with pytest.raises(ManifestError) as err:
-        load_manifest(write_csv(root / "m.csv", rows), TASK)
+        load_manifest(write_csv(root / "m.csv", rows), BAG_TASK)
     messages = {(p.row, p.column): p.message for p in err.value.problems}
     assert (
         "broken.npy" in messages[(2, "bmode")] and "not a readable .npy" in messages[(2, "bmode")]

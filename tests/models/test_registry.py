@@ -26,6 +26,7 @@ from models._registry import (  # noqa: E402
 )
 from models.backbones import create_backbone, dp_safety_problems, make_dp_safe  # noqa: E402
 from models.factory import create_model_for_task, model_kwargs_for_task  # noqa: E402
+from models.losses import model_loss  # noqa: E402
 from models.tasks import get_task  # noqa: E402
 
 TINY = "test_efficientnet"  # ~0.1 M parameters, fine at 32 px
@@ -91,7 +92,7 @@ def _targets(batch: int = BATCH) -> torch.Tensor:
 
 
 def test_registry_has_the_seed_models() -> None:
-    assert {"mufnet", "single_modality"} <= set(MODELS)
+    assert {"mufnet", "single_modality", "cmusnet"} <= set(MODELS)
     assert MODELS == sorted(MODELS)
     assert is_model("mufnet") and not is_model("mufnett")
 
@@ -125,6 +126,14 @@ def test_forward_shapes(name: str) -> None:
     assert feats.shape == (BATCH, model.num_features)
     assert model.forward_head(feats).shape == (BATCH, NUM_CLASSES)
     assert model.forward_head(feats, pre_logits=True).shape == (BATCH, model.num_features)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_two_builds_have_identical_state_dict_keys(name: str) -> None:
+    first, second = _build(name), _build(name)
+    assert list(first.state_dict()) == list(second.state_dict())
+    for key, value in first.state_dict().items():
+        assert second.state_dict()[key].shape == value.shape, key
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -169,7 +178,8 @@ def test_dp_safe_variant_passes_opacus(name: str, backbone: str) -> None:
     assert not any(isinstance(m, _BatchNorm) for m in model.modules())
     gsm = GradSampleModule(model)
     xs = _inputs(model)
-    nn.functional.cross_entropy(gsm(*xs), _targets()).backward()
+    # the model's own training loss where it has one (auxiliary heads are used there only)
+    model_loss(gsm, xs, _targets(), nn.CrossEntropyLoss()).backward()
     for pname, p in model.named_parameters():
         assert p.grad_sample is not None, pname
         assert p.grad_sample.shape == (BATCH, *p.shape), pname
