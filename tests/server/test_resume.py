@@ -134,3 +134,25 @@ def test_server_resume_submits_the_saved_config(tmp_path: Path) -> None:
     assert text.endswith(f"resume-run=\"{path.resolve()}\" db-url='x'")
     assert main(["server", "resume", str(tmp_path), "--dry-run"]) == 0
     assert main(["server", "resume", str(tmp_path / "nothing"), "--dry-run"]) == 2
+
+
+@pytest.mark.parametrize("prefer_flower", [True, False])
+def test_central_dp_accounting_continues_after_a_resume(prefer_flower: bool) -> None:
+    from strategies.central_dp import CentralDPAccountant
+
+    def accountant() -> CentralDPAccountant:
+        return CentralDPAccountant(
+            noise_multiplier=1.1, num_sites=3, delta=1e-5, prefer_flower=prefer_flower
+        )
+
+    crashed, whole = accountant(), accountant()
+    for server_round in (1, 2):
+        crashed.record(server_round, released=True)
+    for server_round in (1, 2, 3):
+        whole.record(server_round, released=True)
+    resumed = accountant()
+    resumed.restore(crashed.state())  # what the resume point carries
+    assert resumed.epsilon == pytest.approx(crashed.epsilon) and resumed.epsilon > 0
+    resumed.record(3, released=True)
+    assert resumed.epsilon == pytest.approx(whole.epsilon)
+    assert [r["round"] for r in resumed.rounds] == [1, 2, 3]
