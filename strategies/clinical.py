@@ -156,6 +156,12 @@ class ClinicalMetricsMixin:
         record = self.history.round(server_round)
         for rejection in rejected:
             self._fail(record, "train", rejection.node_id, f"update rejected: {rejection.reason}")
+            _log.warning(
+                "round %d: update of %s rejected: %s",
+                server_round,
+                self._site_names.get(rejection.node_id, f"node {rejection.node_id}"),
+                rejection.reason,
+            )
         usable = 0
         for msg in replies:
             node = self._node(msg, senders)

@@ -20,7 +20,6 @@ history, the audit trail and the run store.
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -29,8 +28,6 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Message
 
 __all__ = ["UpdateChecks", "Rejection", "screen_updates", "update_problems"]
-
-_log = logging.getLogger(__name__)
 
 _HALF_OK = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -166,8 +163,6 @@ def screen_updates(
                             f"round's median {median:.4g}",
                         )
                     )
-    for rejection in rejected:
-        _log.warning("update of node %d rejected: %s", rejection.node_id, rejection.reason)
     return kept, rejected
 
 
