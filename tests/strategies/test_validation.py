@@ -188,3 +188,21 @@ def test_the_superlinks_error_reply_is_attributed_to_the_unreachable_node() -> N
     strategy.aggregate_train(1, [_update(7, _good()), error])
     (failure,) = strategy.history.round(1).failures
     assert (failure.node_id, failure.reason) == (8, "Node Unavailable")
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [("fedmedian", {}), ("fedtrimmedavg", {"trim_beta": 0.25}), ("krum", {"krum_malicious": 1})],
+)
+def test_robust_strategies_resist_one_scaled_update(name: str, options: dict) -> None:
+    strategy = build_strategy(name, min_train_nodes=1, min_available_nodes=1, **options)
+    strategy.update_checks = None  # the aggregation alone must cope
+    strategy.configure_train(1, ArrayRecord(GLOBAL), ConfigRecord({}), _Grid([1, 2, 3, 4]))
+    replies = [_update(i, _good(0.1 + 0.01 * i)) for i in (1, 2, 3)] + [_update(4, _good(50.0))]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert arrays is not None
+    assert 0.1 <= float(arrays["w"].numpy().mean()) <= 0.14, name
+    mean, _ = build_strategy("fedavg", min_train_nodes=1, min_available_nodes=1).aggregate_train(
+        1, [_update(i, _good(0.1 + 0.01 * i)) for i in (1, 2, 3)] + [_update(4, _good(50.0))]
+    )
+    assert float(mean["w"].numpy().mean()) > 10  # what a plain mean would have done
