@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DEMO_OUT ?= demo-out
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test lint clean bench
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,8 +22,12 @@ test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check models client server strategies simulation tests
-	$(VENV)/bin/ruff format --check models client server strategies simulation tests
+	$(VENV)/bin/ruff check models client server strategies simulation tests benchmarks
+	$(VENV)/bin/ruff format --check models client server strategies simulation tests benchmarks
+
+# The benchmark suite (docs/performance.md): benchmarks/results/*.json and SUMMARY.md.
+bench: install
+	OMP_NUM_THREADS=1 PYTHONPATH=. $(PY) -m benchmarks.run_all
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

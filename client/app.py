@@ -9,13 +9,28 @@ What a reply carries (checked by tests/client/test_message_audit.py):
 
 from __future__ import annotations
 
+import io
 import logging
 import math
+import warnings
+from collections.abc import Mapping
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+import numpy as np
+import torch
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import fixedclipping_mod
 from flwr.clientapp.typing import ClientAppCallable
+from flwr.common.constant import SType
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from client.manifest import ManifestError
@@ -23,7 +38,15 @@ from client.privacy import BudgetExhausted, PrivacyConfigError, PrivacyLedger
 from client.site import RoundSettings, SiteConfigError, SiteSettings, get_session
 from models.tasks import TaskDefinitionError
 
-__all__ = ["app", "TRAIN_MODS", "SITE_DATA_ERROR", "PRIVACY_BUDGET_EXHAUSTED"]
+__all__ = [
+    "app",
+    "TRAIN_MODS",
+    "SITE_DATA_ERROR",
+    "PRIVACY_BUDGET_EXHAUSTED",
+    "state_from_record",
+    "record_from_state",
+    "encode_update",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -54,6 +77,70 @@ def central_dp_clipping_mod(
     return call_next(msg, context)
 
 
+def state_from_record(record: ArrayRecord) -> dict[str, torch.Tensor]:
+    """The record's arrays as tensors that read the message's bytes in place (read-only; a
+    model's ``load_state_dict`` copies them), instead of ``to_torch_state_dict``'s copies."""
+    state = {}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        for key, array in record.items():
+            state[key] = torch.from_numpy(_array_view(array))
+    return state
+
+
+def _array_view(array: Array) -> np.ndarray:
+    data = array.data
+    buffer = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(buffer)
+        read = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0
+        )
+        shape, fortran_order, dtype = read(buffer)
+    except ValueError:
+        return array.numpy()
+    if fortran_order or dtype.hasobject:
+        return array.numpy()
+    count = int(np.prod(shape, dtype=np.int64))
+    return np.frombuffer(data, dtype=dtype, count=count, offset=buffer.tell()).reshape(shape)
+
+
+def record_from_state(state: Mapping[str, torch.Tensor]) -> ArrayRecord:
+    """``ArrayRecord(state)`` with one copy of each tensor's data instead of two."""
+    out = {}
+    for key, tensor in state.items():
+        value = tensor.detach().cpu().contiguous().numpy()
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(
+            header, np.lib.format.header_data_from_array_1_0(value)
+        )
+        data = b"".join([header.getvalue(), value.reshape(-1).view(np.uint8)])
+        out[key] = Array(
+            dtype=str(value.dtype), shape=tuple(value.shape), stype=SType.NUMPY, data=data
+        )
+    return ArrayRecord(out)
+
+
+def encode_update(
+    state: Mapping[str, torch.Tensor], received: Mapping[str, torch.Tensor], update_dtype: str
+) -> ArrayRecord:
+    """A train reply's arrays: the weights (``float32``), or for ``float16`` each floating
+    array's difference from the global weights received, in half precision (integer arrays,
+    e.g. BatchNorm's ``num_batches_tracked``, travel as they are). The server adds the mean
+    difference back to its global weights (``strategies.streaming``)."""
+    if update_dtype == "float32":
+        return record_from_state(state)
+    if update_dtype != "float16":
+        raise ValueError(f"update-dtype must be float32 or float16, got {update_dtype!r}")
+    encoded = {
+        key: (value - received[key]).half() if value.is_floating_point() else value
+        for key, value in state.items()
+    }
+    return record_from_state(encoded)
+
+
 def _site_record(site_id: str) -> ConfigRecord:
     return ConfigRecord({"site-id": site_id})
 
@@ -62,7 +149,7 @@ def _local_norm(context: Context, rounds: RoundSettings) -> dict | None:
     """This site's own normalisation layers under FedBN (None before its first round)."""
     if not rounds.keep_local_norm or _LOCAL_NORM_KEY not in context.state.array_records:
         return None
-    return context.state.array_records[_LOCAL_NORM_KEY].to_torch_state_dict()
+    return state_from_record(context.state.array_records[_LOCAL_NORM_KEY])
 
 
 def _refuse(msg: Message, context: Context, err: Exception) -> Message:
@@ -87,9 +174,8 @@ def train(msg: Message, context: Context) -> Message:
         rounds = RoundSettings.from_config(msg.content["config"])
         session = get_session(settings, rounds)
         budget = session.privacy_budget(rounds)
-        session.load_global(
-            msg.content["arrays"].to_torch_state_dict(), local_norm=_local_norm(context, rounds)
-        )
+        received = state_from_record(msg.content["arrays"])
+        session.load_global(received, local_norm=_local_norm(context, rounds))
         # Every site sends the same keys (Flower's FedAvg requires it); NaN = no DP here.
         values: dict[str, int | float] = dict.fromkeys(_DP_KEYS, math.nan)
         if budget is None:
@@ -119,16 +205,17 @@ def train(msg: Message, context: Context) -> Message:
             "train-loss": result.mean_loss,
             "train-seconds": result.seconds,
             "train-steps": result.num_steps,
+            "skipped-files": result.skipped_files,  # unreadable images skipped this round
             "unit-weight": 1,  # lets the server average uniformly (central DP)
             **values,
         }
     )
     sent, kept = session.shareable_state(keep_local_norm=rounds.keep_local_norm)
     if kept:
-        context.state[_LOCAL_NORM_KEY] = ArrayRecord(kept)
+        context.state[_LOCAL_NORM_KEY] = record_from_state(kept)
     content = RecordDict(
         {
-            "arrays": ArrayRecord(sent),
+            "arrays": encode_update(sent, received, rounds.update_dtype),
             "metrics": metrics,
             "site": _site_record(session.site_id),
         }
@@ -146,12 +233,13 @@ def evaluate(msg: Message, context: Context) -> Message:
     except (ManifestError, SiteConfigError, TaskDefinitionError, PrivacyConfigError) as err:
         return _refuse(msg, context, err)
     session.load_global(
-        msg.content["arrays"].to_torch_state_dict(), local_norm=_local_norm(context, rounds)
+        state_from_record(msg.content["arrays"]), local_norm=_local_norm(context, rounds)
     )
     result = session.evaluate(rounds)
     record: dict[str, int | float | list[int] | list[float]] = {
         "num-examples": result.num_examples,
         "eval-seconds": result.seconds,
+        "skipped-files": result.skipped_files,
     }
     record.update(result.summary.to_record())
     content = RecordDict({"metrics": MetricRecord(record), "site": _site_record(session.site_id)})

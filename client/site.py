@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 import zlib
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 
 from client.dataset import make_loader
-from client.manifest import Manifest, load_manifest
+from client.manifest import Manifest, ManifestError, ManifestProblem, load_manifest
 from client.privacy import (
     BudgetExhausted,
     PrivacyBudget,
@@ -46,6 +47,10 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 
+#: ``cache-images = "auto"`` caches a site's decoded images up to this size (float32).
+AUTO_CACHE_BYTES = 1 << 30
+
+
 class SiteConfigError(ValueError):
     """The site's node config is missing a key or has a bad value."""
 
@@ -61,12 +66,16 @@ class SiteSettings:
         num_workers: data-loader worker processes (``num-workers``). Default 0.
         budget: the site's DP budget (``dp-epsilon``, ``dp-delta``, ``dp-max-grad-norm``);
             None trains without DP unless the server asks for it.
+        cache_images: keep decoded, resized images in memory across rounds
+            (``cache-images``: ``"auto"``, ``true`` or ``false``); None = auto: cache when
+            the site's images take at most ``AUTO_CACHE_BYTES`` as float32. Default None.
     """
 
     data_path: Path
     site_id: str
     num_workers: int = 0
     budget: PrivacyBudget | None = None
+    cache_images: bool | None = None
 
     @classmethod
     def from_node_config(cls, node_config: Mapping[str, object]) -> SiteSettings:
@@ -87,7 +96,16 @@ class SiteSettings:
                 f"num-workers must be an integer, got {node_config.get('num-workers')!r}"
             ) from err
         budget = PrivacyBudget.from_config(node_config, source="node config")
-        return cls(data_path=data_path, site_id=site_id, num_workers=num_workers, budget=budget)
+        cache = str(node_config.get("cache-images", "auto")).strip().lower()
+        if cache not in ("auto", "true", "false"):
+            raise SiteConfigError(f"cache-images must be auto, true or false, got {cache!r}")
+        return cls(
+            data_path=data_path,
+            site_id=site_id,
+            num_workers=num_workers,
+            budget=budget,
+            cache_images=None if cache == "auto" else cache == "true",
+        )
 
 
 @dataclass(frozen=True)
@@ -108,6 +126,7 @@ class RoundSettings:
     dp_safe: bool = False
     dp_requested: PrivacyBudget | None = None
     keep_local_norm: bool = False
+    update_dtype: str = "float32"
 
     @classmethod
     def from_config(cls, config: Mapping[str, object]) -> RoundSettings:
@@ -123,7 +142,7 @@ class RoundSettings:
         task = base.replace(
             backbone=str(get("backbone", "")),
             image_size=int(get("image-size", 0)),  # type: ignore[call-overload]
-        )
+        ).with_model_options(str(get("model-options", "")))
         server_round = int(get("server-round", 1))  # type: ignore[call-overload]
         epochs = int(get("local-epochs", 1))  # type: ignore[call-overload]
         train = TrainConfig(
@@ -153,6 +172,7 @@ class RoundSettings:
             dp_safe=bool(get("dp-safe-model", False)),
             dp_requested=PrivacyBudget.from_config(config, source="run config"),
             keep_local_norm=bool(get("keep-local-norm", False)),
+            update_dtype=str(get("update-dtype", "float32")),
         )
 
 
@@ -171,7 +191,13 @@ class SiteSession:
     """The site's manifest and model for one task, reused across rounds."""
 
     def __init__(
-        self, settings: SiteSettings, task: TaskSpec, *, seed: int = 0, dp_safe: bool = False
+        self,
+        settings: SiteSettings,
+        task: TaskSpec,
+        *,
+        seed: int = 0,
+        dp_safe: bool = False,
+        model: nn.Module | None = None,
     ) -> None:
         self.settings = settings
         self.task = task
@@ -180,13 +206,35 @@ class SiteSession:
         )
         self.site_id = settings.site_id or _infer_site_id(self.manifest)
         self.dp_safe = dp_safe
-        self.model: nn.Module = create_model_for_task(task, dp_safe=dp_safe)
+        # ``model``: an instance to reuse (built for the same task and dp_safe); its weights
+        # are whatever the last load_global put there.
+        self.model: nn.Module = model or create_model_for_task(task, dp_safe=dp_safe)
+        self._image_caches: dict[str, dict[tuple[int, int, int], torch.Tensor]] | None = (
+            {} if self._should_cache() else None
+        )
         _log.info(
-            "site %s: %d rows loaded from %s",
+            "site %s: %d rows loaded from %s (decoded-image cache %s)",
             self.site_id,
             len(self.manifest.frame),
             settings.data_path,
+            "on" if self._image_caches is not None else "off",
         )
+
+    def _should_cache(self) -> bool:
+        if self.settings.cache_images is not None:
+            return self.settings.cache_images
+        images = len(self.manifest.frame) * len(self.task.modalities)
+        side = self.task.image_size
+        return images * self.task.in_chans * side * side * 4 <= AUTO_CACHE_BYTES
+
+    def image_cache(self, split: str) -> dict[tuple[int, int, int], torch.Tensor] | None:
+        """The decoded images of ``split`` kept across rounds (None when caching is off).
+
+        With ``num-workers`` > 0 each worker process fills its own copy, which is lost when
+        the loader ends, so the cache only helps loaders without workers."""
+        if self._image_caches is None or self.settings.num_workers:
+            return None
+        return self._image_caches.setdefault(split, {})
 
     def load_global(
         self,
@@ -211,8 +259,21 @@ class SiteSession:
         kept = {k: v for k, v in state.items() if k in keys}
         return {k: v for k, v in state.items() if k not in keys}, kept
 
+    def require_train_rows(self) -> None:
+        """Raise ManifestError when the site has no training rows (an evaluation-only site)."""
+        if len(self.manifest.rows("train")) == 0:
+            problem = ManifestProblem(
+                None,
+                "split",
+                f"site {self.site_id} was asked to train but its train split has no rows "
+                "(an evaluation-only site); give some patients split=train, or leave this "
+                "site out of training",
+            )
+            raise ManifestError(self.manifest.path, [problem])
+
     def train(self, rounds: RoundSettings) -> TrainResult:
         """Train without DP (the site has no budget and the server asked for none)."""
+        self.require_train_rows()
         torch.manual_seed(training_seed(rounds.seed, rounds.server_round, self.site_id))
         loader = make_loader(
             self.manifest,
@@ -222,6 +283,7 @@ class SiteSession:
             balanced=rounds.class_balanced_sampling,
             seed=rounds.seed + 1000 * rounds.server_round,
             num_workers=self.settings.num_workers,
+            image_cache=self.image_cache("train"),
         )
         return train_local(
             self.model,
@@ -255,6 +317,7 @@ class SiteSession:
         every round spends the same share; a site joining with a smaller budget than planned
         for still stops when its own budget is reached.
         """
+        self.require_train_rows()
         # Uniform Poisson sampling: the accounting assumes every row has the same rate.
         loader = make_loader(
             self.manifest,
@@ -264,6 +327,7 @@ class SiteSession:
             balanced=False,
             seed=rounds.seed + 1000 * rounds.server_round,
             num_workers=self.settings.num_workers,
+            image_cache=self.image_cache("train"),
         )
         # Opacus samples each row with rate 1 / len(loader) for len(loader) steps per epoch;
         # plan with exactly the numbers its accountant will record.
@@ -334,6 +398,7 @@ class SiteSession:
             batch_size=max(rounds.batch_size, 32),
             train=False,
             num_workers=self.settings.num_workers,
+            image_cache=self.image_cache(rounds.eval_split),
         )
         return evaluate(
             self.model, loader, num_classes=self.task.num_classes, n_bins=rounds.score_bins
@@ -356,7 +421,12 @@ def _infer_site_id(manifest: Manifest) -> str:
     return Path(manifest.path).parent.name or "site"
 
 
-_SESSIONS: dict[tuple[object, ...], SiteSession] = {}
+# One process may serve several sites (a simulation actor takes whichever site's message comes
+# next): keep each site's session (manifest, decoded images) and share one model per task,
+# which every message overwrites with the global weights anyway.
+_MAX_SESSIONS = 64
+_SESSIONS: OrderedDict[tuple[object, ...], SiteSession] = OrderedDict()
+_MODELS: dict[tuple[object, ...], nn.Module] = {}
 
 
 def get_session(settings: SiteSettings, rounds: RoundSettings) -> SiteSession:
@@ -364,8 +434,18 @@ def get_session(settings: SiteSettings, rounds: RoundSettings) -> SiteSession:
     torch.set_num_threads(rounds.threads)
     key = (settings, rounds.task, rounds.seed, rounds.dp_safe)
     session = _SESSIONS.get(key)
-    if session is None:
-        session = SiteSession(settings, rounds.task, seed=rounds.seed, dp_safe=rounds.dp_safe)
-        _SESSIONS.clear()  # one run at a time per process: free the previous model
-        _SESSIONS[key] = session
+    if session is not None:
+        _SESSIONS.move_to_end(key)
+        return session
+    model_key = (rounds.task, rounds.dp_safe)
+    if model_key not in _MODELS:
+        _MODELS.clear()  # one task at a time per process: free the previous model
+        _SESSIONS.clear()
+        _MODELS[model_key] = create_model_for_task(rounds.task, dp_safe=rounds.dp_safe)
+    session = SiteSession(
+        settings, rounds.task, seed=rounds.seed, dp_safe=rounds.dp_safe, model=_MODELS[model_key]
+    )
+    _SESSIONS[key] = session
+    while len(_SESSIONS) > _MAX_SESSIONS:
+        _SESSIONS.popitem(last=False)
     return session

@@ -96,6 +96,7 @@ class TrainResult:
     epoch_losses: tuple[float, ...]
     learning_rates: tuple[float, ...]
     seconds: float
+    skipped_files: int = 0  # unreadable image files skipped (see client.dataset)
 
     @property
     def mean_loss(self) -> float:
@@ -111,11 +112,17 @@ class EvalResult:
     metrics: dict[str, float | list[float] | list[list[int]]]
     summary: ScoreSummary
     seconds: float
+    skipped_files: int = 0  # unreadable image files skipped (see client.dataset)
 
 
 def learning_rate_at(epoch: int, *, base: float, step_epochs: int, gamma: float) -> float:
     """Step schedule: ``base * gamma ** (epoch // step_epochs)`` (epoch counted from 0)."""
     return base * gamma ** (epoch // step_epochs)
+
+
+def _skipped_files(loader: DataLoader) -> int:
+    """Unreadable files the loader's dataset skipped (0 for datasets that do not count)."""
+    return int(getattr(loader.dataset, "skipped_files", 0))
 
 
 def _split_batch(batch: Sequence[torch.Tensor]) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
@@ -216,6 +223,7 @@ def train_local(
         epoch_losses=tuple(epoch_losses),
         learning_rates=tuple(rates),
         seconds=time.perf_counter() - started,
+        skipped_files=_skipped_files(loader),
     )
 
 
@@ -232,6 +240,8 @@ def predict(
     try:
         for batch in loader:
             inputs, target = _split_batch(batch)
+            if target.numel() == 0:  # every row of the batch had unreadable images
+                continue
             logits = model(*(x.to(device) for x in inputs)).float()
             target = target.to(device)
             loss_sum += nn.functional.cross_entropy(logits, target, reduction="sum").item()
@@ -260,7 +270,9 @@ def evaluate(
     labels, probs, loss_sum = predict(model, loader, device=device)
     if labels.size == 0:
         summary = ScoreSummary.empty(num_classes, n_bins)
-        return EvalResult(0, math.nan, {}, summary, time.perf_counter() - started)
+        return EvalResult(
+            0, math.nan, {}, summary, time.perf_counter() - started, _skipped_files(loader)
+        )
     summary = ScoreSummary.from_scores(labels, probs, n_bins=n_bins, loss_sum=loss_sum)
     metrics = classification_metrics(labels, probs)
     metrics["loss"] = loss_sum / labels.size
@@ -270,4 +282,5 @@ def evaluate(
         metrics=metrics,
         summary=summary,
         seconds=time.perf_counter() - started,
+        skipped_files=_skipped_files(loader),
     )

@@ -98,6 +98,7 @@ def train_transforms(
     elastic_prob: float = 0.2,
     noise_prob: float = 0.2,
     noise_std: float = 0.02,
+    prepared: bool = False,
 ) -> Compose:
     """The training chain: the eval chain plus random augmentation.
 
@@ -113,6 +114,8 @@ def train_transforms(
         elastic_prob: chance of elastic deformation. Default 0.2.
         noise_prob: chance of Gaussian noise. Default 0.2.
         noise_std: noise standard deviation (image scale [0, 1]). Default 0.02.
+        prepared: the input already went through :func:`eval_transforms` (a decoded-image
+            cache holds such images): leave out its steps. Default False.
 
     Returns:
         A MONAI ``Compose``: ``(C, H, W)`` -> ``(in_chans, S, S)`` float32 tensor in [0, 1].
@@ -144,7 +147,7 @@ def train_transforms(
     spacing = max(4, image_size // 6)
     chain = Compose(
         [
-            *_prepare(image_size, in_chans),
+            *([] if prepared else _prepare(image_size, in_chans)),
             RandAffine(
                 prob=affine_prob,
                 rotate_range=(math.radians(rotate_degrees),),

@@ -13,7 +13,9 @@ Builder contract (every registered model):
 * the returned ``nn.Module`` follows timm's interface: attributes ``num_classes``,
   ``num_features`` and ``num_modalities``; ``forward(*xs)`` takes one ``(B, C, H, W)`` tensor per
   modality and returns logits ``(B, num_classes)``; ``forward_features(*xs)`` returns
-  ``(B, num_features)``; ``forward_head(x, pre_logits=False)``; ``reset_classifier(num_classes)``.
+  ``(B, num_features)``; ``forward_head(x, pre_logits=False)``; ``reset_classifier(num_classes)``;
+* a model registered with ``handles_missing_modalities=True`` also accepts a ``(B, M)``
+  modality mask after its ``M`` images (``forward(*xs, mask)``; 1 = present, 0 = missing).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ __all__ = [
     "list_models",
     "is_model",
     "model_entrypoint",
+    "handles_missing_modalities",
 ]
 
 logger = logging.getLogger(__name__)
@@ -44,6 +47,7 @@ logger = logging.getLogger(__name__)
 ModelBuilder = Callable[..., nn.Module]
 
 _MODELS: dict[str, ModelBuilder] = {}
+_MISSING_OK: set[str] = set()  # models registered with handles_missing_modalities=True
 
 # Modules whose import registers the built-in models. Imported on first lookup so that
 # ``from models._registry import create_model`` works without importing them by hand.
@@ -65,12 +69,22 @@ class PretrainedWeightsError(ModelConfigError):
     """A pretrained weights file that is missing, unreadable or does not fit the backbone."""
 
 
-def register_model(fn: ModelBuilder) -> ModelBuilder:
+def register_model(
+    fn: ModelBuilder | None = None, *, handles_missing_modalities: bool = False
+) -> Any:
     """Decorator: register ``fn`` as a model builder under ``fn.__name__``.
+
+    Use it bare (``@register_model``) or with flags
+    (``@register_model(handles_missing_modalities=True)``).
 
     Args:
         fn: builder taking keyword-only options (see the module docstring) and returning an
             ``nn.Module``.
+        handles_missing_modalities: the model accepts a modality mask ``(B, M)`` (1 = present)
+            as an extra input after its ``M`` images and leaves a missing modality out of the
+            fusion; rows with an empty modality cell are then allowed (see
+            :func:`handles_missing_modalities`). Default False: such rows are refused when the
+            manifest is checked.
 
     Returns:
         ``fn`` unchanged, so the builder can still be called directly.
@@ -78,6 +92,8 @@ def register_model(fn: ModelBuilder) -> ModelBuilder:
     Raises:
         ValueError: another builder is already registered under the same name.
     """
+    if fn is None:
+        return lambda f: register_model(f, handles_missing_modalities=handles_missing_modalities)
     name = fn.__name__
     existing = _MODELS.get(name)
     if existing is not None and (existing.__module__, existing.__qualname__) != (
@@ -89,6 +105,10 @@ def register_model(fn: ModelBuilder) -> ModelBuilder:
             "pick another builder name"
         )
     _MODELS[name] = fn
+    if handles_missing_modalities:
+        _MISSING_OK.add(name)
+    else:
+        _MISSING_OK.discard(name)
     return fn
 
 
@@ -132,6 +152,19 @@ def model_entrypoint(name: str) -> ModelBuilder:
     """
     _load_builtin_models()
     return _MODELS[look_up_option("model", _canonical(name), _MODELS)]
+
+
+def handles_missing_modalities(name: str) -> bool:
+    """Whether model ``name`` takes rows with a missing modality (an empty manifest cell).
+
+    Such a model accepts a ``(B, M)`` modality mask (1 = present, 0 = missing) after its ``M``
+    image tensors and masks the missing branch out of its fusion; the dataset then adds the
+    mask to every item. Other models refuse such rows when the manifest is checked.
+
+    Raises:
+        UnknownOptionError: ``name`` is not registered (with "did you mean").
+    """
+    return model_entrypoint(name).__name__ in _MISSING_OK
 
 
 def _option_problems(name: str, builder: ModelBuilder, kwargs: dict[str, Any]) -> list[str]:

@@ -101,6 +101,7 @@ def run_federation(
     )
     if resume is not None:
         strategy.load_strategy_state(resume.strategy)  # type: ignore[attr-defined]
+    strategy.update_dtype = config.update_dtype  # type: ignore[attr-defined]  # strategies/streaming.py
     runner: Strategy = strategy
     if config.central_dp:
         strategy.weighted_by_key = UNIFORM_WEIGHT_KEY  # the noise calibration assumes a plain mean

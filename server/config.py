@@ -13,9 +13,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from models.tasks import TaskSpec, get_task
+from server.config_checks import misspelt_keys, option_problems
 from server.secagg_config import secagg_problems
 
-__all__ = ["RunConfig", "RunConfigError", "CLIENT_KEYS"]
+__all__ = ["RunConfig", "RunConfigError", "CLIENT_KEYS", "UPDATE_DTYPES"]
 
 _log = logging.getLogger(__name__)
 
@@ -54,7 +55,12 @@ CLIENT_KEYS = (
     "dp-epsilon",
     "dp-delta",
     "dp-max-grad-norm",
+    "model-options",
+    "update-dtype",
 )
+
+#: ``update-dtype`` values: how sites encode their train replies (docs/performance.md).
+UPDATE_DTYPES = ("float32", "float16")
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,7 @@ class RunConfig:
     task_json: str = ""
     backbone: str = ""
     image_size: int = 0
+    model_options: str = ""  # "key=value ..." over the task's model_kwargs (e.g. "top_k=2")
     num_server_rounds: int = 3
     local_epochs: int = 1
     batch_size: int = 16
@@ -103,6 +110,9 @@ class RunConfig:
     secagg_quantization_range: int = 4194304  # 2**22 integer levels over the clipping range
     secagg_max_weight: float = 1000.0  # the most examples one site may weigh in with
     strategy: str = "fedavg"  # fedavg | fedprox | fedbn | fedadam | fedyogi
+    # float16: sites send (new - global) in half precision, the server adds it back (half
+    # the bytes); float32: sites send their weights as they are.
+    update_dtype: str = "float32"
     proximal_mu: float = 0.01  # FedProx
     server_lr: float = 0.01  # FedAdam / FedYogi server learning rate
     out_dir: str = ""
@@ -136,10 +146,18 @@ class RunConfig:
                 values[name] = _coerce(value, type(default))
             except (TypeError, ValueError):
                 problems.append(f"{key}: expected {type(default).__name__}, got {value!r}")
+        misspelt = misspelt_keys(raw, {name.replace("_", "-") for name in fields})
         if problems:
-            raise RunConfigError("invalid run config: " + "; ".join(problems))
+            raise RunConfigError("invalid run config: " + "; ".join(problems + misspelt))
         config = cls(**values)  # type: ignore[arg-type]
-        config.validate()
+        try:
+            config.validate()
+        except RunConfigError as err:
+            if not misspelt:
+                raise
+            raise RunConfigError(f"{err}; " + "; ".join(misspelt)) from None
+        if misspelt:
+            raise RunConfigError("invalid run config: " + "; ".join(misspelt))
         return config
 
     def validate(self) -> None:
@@ -212,10 +230,7 @@ class RunConfig:
             ),
         ]
         problems = [message for ok, message in checks if not ok]
-        if self.strategy not in _STRATEGY_NAMES:
-            problems.append(
-                f"strategy must be one of {', '.join(_STRATEGY_NAMES)}, got {self.strategy!r}"
-            )
+        problems += option_problems(self, strategies=_STRATEGY_NAMES)  # names, combinations
         if self.min_answers < 1:
             problems.append(f"min-answers must be >= 1, got {self.min_answers}")
         if not (self.update_norm_factor == 0 or self.update_norm_factor > 1):
@@ -226,6 +241,11 @@ class RunConfig:
             problems.append(f"trim-beta must be in [0, 0.5), got {self.trim_beta}")
         if self.krum_malicious < 0:
             problems.append(f"krum-malicious must be >= 0, got {self.krum_malicious}")
+        if self.strategy in _ROBUST_NAMES and self.update_dtype != "float32":
+            problems.append(
+                f"strategy {self.strategy} needs update-dtype float32: it aggregates the sites' "
+                "weights, not the float16 differences that update-dtype float16 sends"
+            )
         if self.strategy in _ROBUST_NAMES and self.central_dp:
             problems.append(
                 f"strategy {self.strategy} cannot run with central DP: the DP noise is "
@@ -241,10 +261,19 @@ class RunConfig:
                 "send the same arrays, FedBN keeps normalisation layers local"
             )
         problems += secagg_problems(self)
+        if self.update_dtype not in UPDATE_DTYPES:
+            problems.append(
+                f"update-dtype must be one of {', '.join(UPDATE_DTYPES)}, got {self.update_dtype!r}"
+            )
+        elif self.update_dtype != "float32" and (self.central_dp or self.secagg):
+            problems.append(
+                f"update-dtype {self.update_dtype} sends weight differences, which central DP's "
+                "clipping and secure aggregation do not expect: use update-dtype float32"
+            )
         if self.strategy == "fedprox" and self.proximal_mu == 0:
             _log.warning("strategy fedprox with proximal-mu 0 is FedAvg")
         try:
-            self._base_task()
+            self._base_task().with_model_options(self.model_options)
         except ValueError as err:
             problems.append(str(err))
         if problems:
@@ -257,8 +286,9 @@ class RunConfig:
 
     def task_spec(self) -> TaskSpec:
         """The task (the preset, or the ad-hoc ``task-json``) with this run's backbone /
-        image-size overrides applied."""
-        return self._base_task().replace(backbone=self.backbone, image_size=self.image_size)
+        image-size overrides and ``model-options`` applied."""
+        task = self._base_task().replace(backbone=self.backbone, image_size=self.image_size)
+        return task.with_model_options(self.model_options)
 
     @property
     def uses_dp_model(self) -> bool:

@@ -86,6 +86,11 @@ class Poison:
             site = text
         else:
             raise ValueError(f"poison-site={text!r} is not a site: {', '.join(sites)}")
+        if str(run_config.get("update-dtype", "float32")) != "float32":
+            raise ValueError(
+                "poison-site needs update-dtype float32 (the poisoned site rewrites weights, "
+                "not float16 differences)"
+            )
         return cls(
             site=site,
             kind=str(run_config.get("poison-kind", "scale")),

@@ -135,7 +135,8 @@ def _plot_learning_curves(run: dict[str, Any], path: Path) -> None:
         ax.grid(alpha=0.3)
         if metric in ("auc", "accuracy"):
             ax.set_ylim(0, 1.02)
-    axes[0].legend(fontsize=8)
+    if len(rounds[0]["sites"] if rounds else {}) <= 12:  # 50 site names would fill the figure
+        axes[0].legend(fontsize=8)
     fig.suptitle(f"{run['method']}: learning curves (global and per site)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -7,7 +7,7 @@ as the round's replies are in (so the trail survives a crash later in the run)::
      "asked": [node ids], "answered": ["center-a", ...], "missing": [node ids],
      "failed": [{"node-id": ..., "site": ..., "error-code": ..., "reason": ...}],
      "sites": {"center-a": {"node-id": ..., "num-examples": 120, "update-l2-norm": 0.83,
-                            "dp": {"dp-epsilon-spent": 1.2, ...}}},
+                            "dp": {"dp-epsilon-spent": 1.2, ...}, "skipped-files": 0}},
      "dp": {"dp-epsilon": 0.0, "central-dp-noise-multiplier": 0.0, ...},
      "central-dp": {"released": true, "epsilon-round": 0.9, "epsilon": 1.4, "delta": 1e-5,
                     "releases": 2, "accountant": "flwr[dp] RDP"}}
@@ -19,7 +19,8 @@ releases so far, from the server's accountant
 
 What it holds, and only that: node ids and site names, example counts, the L2 norm of each
 site's update relative to the round's global model (floating-point arrays only), the ``dp-*``
-scalars each site reported about its own privacy accounting, the DP settings of the run
+scalars each site reported about its own privacy accounting, the number of unreadable image
+files each site skipped (``skipped-files``), the DP settings of the run
 config and the error code/reason of a site that declined. Never images, rows, labels or
 patient identifiers; the norm is one number per site and round.
 
@@ -115,6 +116,7 @@ class SiteUpdate:
     num_examples: int | None = None
     update_norm: float | None = None
     dp: dict[str, float] = field(default_factory=dict)
+    skipped_files: int | None = None  # unreadable images the site skipped (its own count)
     error_code: int | None = None
     reason: str | None = None
     rejected: str | None = None  # why the server refused this update (strategies.validation)
@@ -155,6 +157,7 @@ class RoundAudit:
                 "num-examples": u.num_examples,
                 "update-l2-norm": u.update_norm,
                 "dp": u.dp,
+                "skipped-files": u.skipped_files,
             }
             for u in self.updates
             if u.error_code is None and u.rejected is None
@@ -308,6 +311,8 @@ class AuditTrail:
         for record in content.metric_records.values():
             if "num-examples" in record:
                 update.num_examples = int(record["num-examples"])  # type: ignore[arg-type]
+            if "skipped-files" in record:
+                update.skipped_files = int(record["skipped-files"])  # type: ignore[arg-type]
             for key, value in record.items():
                 if key.startswith("dp-") and isinstance(value, int | float):
                     update.dp[key] = float(value)

@@ -112,7 +112,10 @@ class ClinicalMetricsMixin:
         rejected: list[Rejection] = []
         if self.update_checks is not None and self._sent is not None:
             checks = dataclasses.replace(
-                self.update_checks, allow_missing_keys=self._sites_keep_arrays
+                self.update_checks,
+                allow_missing_keys=self._sites_keep_arrays,
+                # update-dtype float16 (strategies.streaming): replies are differences
+                differences=getattr(self, "update_dtype", "float32") != "float32",
             )
             global_np = {k: v.numpy() for k, v in self._sent.items()}
             for msg in replies:

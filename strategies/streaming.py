@@ -23,9 +23,17 @@ from collections.abc import Iterable
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.common.constant import SType
 from flwr.serverapp.strategy import FedAvg
 
-__all__ = ["RunningMean", "StreamingFedAvg", "fedavg_arrays", "array_view"]
+__all__ = [
+    "RunningMean",
+    "StreamingFedAvg",
+    "fedavg_arrays",
+    "add_difference",
+    "array_view",
+    "array_from_numpy",
+]
 
 
 def array_view(array: Array) -> np.ndarray:
@@ -49,6 +57,17 @@ def array_view(array: Array) -> np.ndarray:
         return array.numpy()
     count = int(np.prod(shape, dtype=np.int64))
     return np.frombuffer(data, dtype=dtype, count=count, offset=buffer.tell()).reshape(shape)
+
+
+def array_from_numpy(value: np.ndarray) -> Array:
+    """``Array(value)`` with one copy of the data instead of Flower's two (``np.save`` into a
+    BytesIO, then ``getvalue``); the bytes are the same ``.npy`` payload."""
+    if not value.flags.c_contiguous:
+        value = value.copy(order="C")  # (ascontiguousarray would make 0-d arrays 1-d)
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(value))
+    data = b"".join([header.getvalue(), value.reshape(-1).view(np.uint8)])
+    return Array(dtype=str(value.dtype), shape=tuple(value.shape), stype=SType.NUMPY, data=data)
 
 
 def _sum_dtype(dtype: np.dtype) -> np.dtype:
@@ -110,6 +129,7 @@ class RunningMean:
             scratch = self._scratch_for(total.dtype, total.size).reshape(total.shape)
             np.multiply(value, factor, out=scratch, dtype=total.dtype, casting="same_kind")
             np.add(total, scratch, out=total)
+        del value  # the view keeps the message's bytes alive
         self._seen += weight
         self._count += 1
 
@@ -133,7 +153,7 @@ class RunningMean:
             value = self._sum.pop(key)
             if divisor is not None:
                 np.divide(value, divisor, out=value, casting="unsafe")
-            out[key] = Array(value)
+            out[key] = array_from_numpy(value)
             del value
         self._count = 0
         return ArrayRecord(out)
@@ -151,8 +171,35 @@ def fedavg_arrays(records: Iterable[RecordDict], weighted_by_key: str) -> ArrayR
     return mean.result()
 
 
+def add_difference(base: ArrayRecord, difference: ArrayRecord) -> ArrayRecord:
+    """``base + difference`` for each array of ``difference`` whose base is floating (the
+    mean of float16-encoded updates); other arrays are taken from ``difference`` as they are."""
+    out: dict[str, Array] = {}
+    for key, diff in difference.items():
+        if key not in base:
+            raise ValueError(f"the update has array {key!r}, which the global model lacks")
+        start = array_view(base[key])
+        delta = array_view(diff)
+        if np.issubdtype(start.dtype, np.floating):
+            out[key] = array_from_numpy((start + delta).astype(start.dtype, copy=False))
+        else:
+            out[key] = diff
+    return ArrayRecord(out)
+
+
 class StreamingFedAvg(FedAvg):
-    """Flower's FedAvg with :func:`fedavg_arrays` as the array aggregation."""
+    """Flower's FedAvg with :func:`fedavg_arrays` as the array aggregation.
+
+    ``update_dtype`` (set by the ServerApp from the run config): ``"float16"`` means the sites
+    send weight differences from this round's global weights (``client.app.encode_update``);
+    their mean is added back to the global weights the round started from.
+    """
+
+    update_dtype: str = "float32"
+
+    def configure_train(self, server_round, arrays, config, grid):  # type: ignore[no-untyped-def]
+        self._round_start_arrays = arrays
+        return super().configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -162,5 +209,7 @@ class StreamingFedAvg(FedAvg):
             return None, None
         contents = [msg.content for msg in valid_replies]
         arrays = fedavg_arrays(contents, self.weighted_by_key)
+        if self.update_dtype != "float32":
+            arrays = add_difference(self._round_start_arrays, arrays)
         metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)
         return arrays, metrics

@@ -43,12 +43,15 @@ class UpdateChecks:
         allow_float16: accept float16 arrays for a float32/float64 model. Default True.
         allow_missing_keys: a site may leave arrays out (FedBN keeps normalisation layers
             local); unknown keys are always rejected. Default False.
+        differences: replies hold ``w_site - w_global`` (``update-dtype`` float16), not
+            weights: the update norm is the reply's own norm. Default False.
     """
 
     norm_factor: float = 10.0
     min_sites_for_norm: int = 3
     allow_float16: bool = True
     allow_missing_keys: bool = False
+    differences: bool = False
 
     def __post_init__(self) -> None:
         if not (self.norm_factor == 0 or self.norm_factor > 1):
@@ -145,7 +148,9 @@ def screen_updates(
             rejected.append(Rejection(node, "; ".join(problems)))
             continue
         msg.content[name] = _cast_half(arrays, global_arrays)
-        norms[id(msg)] = _update_norm(global_arrays, msg.content[name])
+        norms[id(msg)] = _update_norm(
+            None if checks.differences else global_arrays, msg.content[name]
+        )
         kept.append(msg)
     valid = [m for m in kept if id(m) in norms]
     if checks.norm_factor > 0 and len(valid) >= checks.min_sites_for_norm:
@@ -178,13 +183,17 @@ def _cast_half(arrays: ArrayRecord, global_arrays: Mapping[str, np.ndarray]) -> 
     return out
 
 
-def _update_norm(global_arrays: Mapping[str, np.ndarray], arrays: ArrayRecord) -> float:
+def _update_norm(global_arrays: Mapping[str, np.ndarray] | None, arrays: ArrayRecord) -> float:
+    """``||reply - global||`` over floating arrays (``||reply||`` when ``global_arrays`` is
+    None: the reply is already a difference)."""
     total = 0.0
     for key, array in arrays.items():
         new = array.numpy()
         if not np.issubdtype(new.dtype, np.floating):
             continue
-        diff = new.astype(np.float64).ravel() - global_arrays[key].astype(np.float64).ravel()
+        diff = new.astype(np.float64).ravel()
+        if global_arrays is not None:
+            diff = diff - global_arrays[key].astype(np.float64).ravel()
         total += float(np.dot(diff, diff))
     return math.sqrt(total)
 

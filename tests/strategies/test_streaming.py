@@ -50,6 +50,7 @@ def test_fedavg_arrays_equal_flowers_bit_for_bit(sizes):
         a, b = ours[key].numpy(), theirs[key].numpy()
         assert a.dtype == b.dtype and a.shape == b.shape, key
         np.testing.assert_array_equal(a, b, err_msg=key)
+        assert ours[key].data == theirs[key].data, key  # the same .npy payload
 
 
 @pytest.mark.parametrize("sizes", SITE_SIZES)

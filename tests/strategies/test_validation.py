@@ -206,3 +206,17 @@ def test_robust_strategies_resist_one_scaled_update(name: str, options: dict) ->
         1, [_update(i, _good(0.1 + 0.01 * i)) for i in (1, 2, 3)] + [_update(4, _good(50.0))]
     )
     assert float(mean["w"].numpy().mean()) > 10  # what a plain mean would have done
+
+
+def test_float16_differences_are_judged_by_their_own_norm() -> None:
+    def diff(shift: float, w: float = 0.0) -> dict:
+        return {
+            "w": (GLOBAL["w"] * 0 + shift + w).half(),
+            "b": (GLOBAL["b"] * 0 + shift).half(),
+            "steps": torch.tensor(9),
+        }
+
+    diffs = [_update(i, diff(0.01 * i)) for i in (1, 2, 3)] + [_update(4, diff(0.0, w=5.0))]
+    shifted = {k: v + 100 if k != "steps" else v for k, v in _global_np().items()}
+    _, rejected = screen_updates(shifted, diffs, UpdateChecks(differences=True))
+    assert [r.node_id for r in rejected] == [4]  # the weights the global holds do not matter
