@@ -22,6 +22,8 @@ _log = logging.getLogger(__name__)
 
 # Names of strategies.factory.STRATEGIES (kept here so the config does not import Flower).
 _STRATEGY_NAMES = ("fedavg", "fedprox", "fedbn", "fedadam", "fedyogi")
+_ROBUST_NAMES = ("fedmedian", "fedtrimmedavg", "krum")  # robust aggregation (issue 8)
+_STRATEGY_NAMES += _ROBUST_NAMES
 
 
 class RunConfigError(ValueError):
@@ -116,6 +118,12 @@ class RunConfig:
     out_dir: str = ""
     db_url: str = ""  # run store (SQLAlchemy URL or SQLite path); "" = no store
     run_name: str = ""  # the run's label in the run store and dashboard
+    # Reliability (docs/reliability.md)
+    min_answers: int = 1  # fewest usable updates that make a round; fewer keep the model
+    update_norm_factor: float = 10.0  # reject updates > this x the round's median norm; 0 = off
+    trim_beta: float = 0.2  # fedtrimmedavg: fraction cut at each end
+    krum_malicious: int = 1  # krum: sites assumed malicious (f)
+    resume_run: str = ""  # continue this run: its out-dir, or its id in the run store at db-url
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, object]) -> RunConfig:
@@ -130,7 +138,7 @@ class RunConfig:
         for key, value in raw.items():
             name = key.replace("-", "_")
             if name not in fields:
-                if not key.startswith(("sim-", "num-workers")):
+                if not key.startswith(("sim-", "num-workers", "poison-")):
                     _log.debug("run config key %r is not used by the server", key)
                 continue
             default = fields[name].default
@@ -223,6 +231,26 @@ class RunConfig:
         ]
         problems = [message for ok, message in checks if not ok]
         problems += option_problems(self, strategies=_STRATEGY_NAMES)  # names, combinations
+        if self.min_answers < 1:
+            problems.append(f"min-answers must be >= 1, got {self.min_answers}")
+        if not (self.update_norm_factor == 0 or self.update_norm_factor > 1):
+            problems.append(
+                f"update-norm-factor must be 0 (off) or > 1, got {self.update_norm_factor}"
+            )
+        if not 0 <= self.trim_beta < 0.5:
+            problems.append(f"trim-beta must be in [0, 0.5), got {self.trim_beta}")
+        if self.krum_malicious < 0:
+            problems.append(f"krum-malicious must be >= 0, got {self.krum_malicious}")
+        if self.strategy in _ROBUST_NAMES and self.update_dtype != "float32":
+            problems.append(
+                f"strategy {self.strategy} needs update-dtype float32: it aggregates the sites' "
+                "weights, not the float16 differences that update-dtype float16 sends"
+            )
+        if self.strategy in _ROBUST_NAMES and self.central_dp:
+            problems.append(
+                f"strategy {self.strategy} cannot run with central DP: the DP noise is "
+                "calibrated for a plain mean of clipped updates"
+            )
         if self.proximal_mu < 0:
             problems.append(f"proximal-mu must be >= 0, got {self.proximal_mu}")
         if self.server_lr <= 0:

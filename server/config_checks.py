@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 __all__ = ["federation_size_problems", "misspelt_keys", "option_problems"]
 
 # Keys other parts of the app read from the run config (not RunConfig fields).
-_OTHER_PREFIXES = ("sim-", "num-workers")
+_OTHER_PREFIXES = ("sim-", "num-workers", "poison-")  # poison-*: simulation.faults
 
 
 def option_problems(config: RunConfig, *, strategies: Collection[str]) -> list[str]:

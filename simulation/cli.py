@@ -123,6 +123,11 @@ def _add_simulate(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--dp-max-grad-norm", type=float, default=1.0, help="per-sample clipping norm (default 1.0)"
     )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a crashed simulation in --out from each method's last finished round",
+    )
     adhoc = p.add_argument_group(
         "ad-hoc task (any manifest that follows the contract; see docs/tasks.md)",
         "With --model the task is declared here instead of by a preset: give --manifest and "
@@ -234,6 +239,7 @@ def _run_simulate(args: argparse.Namespace) -> int:
         client_gpus=args.client_gpus,
         ray_address=args.ray_address,
         verbose=args.verbose,
+        resume=args.resume,
         site_budget=(
             {
                 "dp-epsilon": args.dp_epsilon,

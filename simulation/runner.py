@@ -30,9 +30,11 @@ from models.tasks import TaskSpec
 from server.app import FederationResult, run_federation
 from server.config import RunConfig, RunConfigError
 from server.config_checks import federation_size_problems
+from server.resume import RESUME_FILE
 from server.secagg_app import run_secure_federation
 from simulation.baselines import run_local, run_pooled, site_manifests
 from simulation.ckd import prepare_ckd_sites
+from simulation.faults import Poison, poison_reply
 from simulation.results_schema import validate_results
 from simulation.scenario import Scenario
 from simulation.secagg import as_site, simulated_secagg_client
@@ -49,6 +51,7 @@ _log = logging.getLogger(__name__)
 
 # Federated methods run the ServerApp with that strategy; the baselines train without Flower.
 FEDERATED_METHODS = ("fedavg", "fedprox", "fedbn", "fedadam", "fedyogi")
+FEDERATED_METHODS += ("fedmedian", "fedtrimmedavg", "krum")  # robust aggregation
 BASELINE_METHODS = ("local", "pooled")
 METHODS = FEDERATED_METHODS + BASELINE_METHODS
 
@@ -80,6 +83,8 @@ class SimulationOptions:
         run_label: appended to run names in the run store (e.g. ``" seed 0 fold 1"``).
         site_budget: DP settings every simulated site gets as its own node config
             (``dp-epsilon``, ``dp-delta``, ``dp-max-grad-norm``); empty = no local DP.
+        resume: continue each federated method from the resume point a crashed simulation
+            left in ``out_dir/METHOD`` (methods without one start from round 1).
         site_epsilon: one site's own ``dp-epsilon`` (by site name), over ``site_budget``.
         task: an ad-hoc task (``simulation.adhoc``) replacing the scenario's preset; it
             travels to the sites in the ``task-json`` run-config key. Default None.
@@ -98,6 +103,7 @@ class SimulationOptions:
     run_label: str = ""
     verbose: bool = False
     site_budget: Mapping[str, float] | None = None
+    resume: bool = False
     site_epsilon: Mapping[str, float] | None = None
     task: TaskSpec | None = None
 
@@ -151,10 +157,12 @@ def _simulated_client(
     manifest: Path,
     sites: Sequence[str],
     site_budget: Mapping[str, float] | None = None,
+    poison: Poison | None = None,
     *,
     per_site: Mapping[str, Mapping[str, float]] | None = None,
 ) -> ClientApp:
-    """The real ClientApp functions, given the node config a real site would pass."""
+    """The real ClientApp functions, given the node config a real site would pass; a
+    ``poison`` site's train replies are rewritten (simulation.faults)."""
     app = ClientApp()
     site_list = list(sites)
 
@@ -165,7 +173,11 @@ def _simulated_client(
 
     @app.train(mods=client_app_module.TRAIN_MODS)
     def _train(msg: Message, context: Context) -> Message:
-        return client_app_module.train(msg, _as_site(context))
+        reply = client_app_module.train(msg, _as_site(context))
+        if poison is not None and context.node_config["site-id"] == poison.site:
+            server_round = int(msg.content["config"]["server-round"])  # type: ignore[arg-type]
+            reply = poison_reply(reply, msg.content["arrays"], poison, server_round)
+        return reply
 
     @app.evaluate()
     def _evaluate(msg: Message, context: Context) -> Message:
@@ -207,11 +219,21 @@ def _run_fedavg(
     if not options.verbose:
         init_args["log_to_driver"] = False
         init_args["logging_level"] = logging.ERROR
+    per_site = options.per_site(sites)
+    client_app = (
+        simulated_secagg_client(manifest, sites, options.site_budget, per_site=per_site)
+        if secure
+        else _simulated_client(
+            manifest,
+            sites,
+            options.site_budget,
+            Poison.from_run_config(run_config, sites),
+            per_site=per_site,
+        )
+    )
     run_simulation(
         server_app=server_app,
-        client_app=(simulated_secagg_client if secure else _simulated_client)(
-            manifest, sites, options.site_budget, per_site=options.per_site(sites)
-        ),
+        client_app=client_app,
         num_supernodes=len(sites),
         backend_config={
             "client_resources": client_resources(options),
@@ -287,6 +309,9 @@ def simulate(
             runs += _run_baseline(method, manifest, sites, config, options, on_round_end)
             continue
         method_config = {**run_config, "strategy": method, "out-dir": str(out_dir / method)}
+        method_config.setdefault("run-name", f"{scenario.name}/{method}")
+        if options.resume and (out_dir / method / RESUME_FILE).is_file():
+            method_config["resume-run"] = str(out_dir / method)
         method_config.setdefault("run-name", f"{scenario.name}/{method}{options.run_label}")
         started = time.perf_counter()
 

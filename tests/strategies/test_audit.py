@@ -25,7 +25,8 @@ from strategies.audit import AUDIT_FILE, AuditTrail, dp_settings, update_l2_norm
 from strategies.fedavg import ClinicalFedAvg
 
 GLOBAL = {"w": torch.zeros(2, 3), "b": torch.ones(3), "steps": torch.tensor(5)}
-LINE_KEYS = {"round", "time", "asked", "answered", "missing", "failed", "sites", "dp"}
+LINE_KEYS = {"round", "time", "asked", "answered", "missing", "failed", "rejected", "used"}
+LINE_KEYS |= {"sites", "dp"}
 SITE_KEYS = {"node-id", "num-examples", "update-l2-norm", "dp", "skipped-files"}
 
 
