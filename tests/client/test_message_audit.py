@@ -208,7 +208,15 @@ def test_site_with_a_tiny_budget_declines_with_a_clear_reason(site_manifest: Pat
 # which quantises and masks the arrays before the reply leaves the site
 # (tests/strategies/test_secagg.py checks, over a real SecAgg+ run, that the server receives
 # masked vectors only). Scalars travel in clear, so they are audited here.
-SECAGG_SCALARS = {"site-id", "train-loss", "train-seconds", "train-steps", "secagg-clipped-values"}
+# counts and timings only; `skipped-files` counts unreadable files, never names them
+SECAGG_SCALARS = {
+    "site-id",
+    "train-loss",
+    "train-seconds",
+    "train-steps",
+    "secagg-clipped-values",
+    "skipped-files",
+}
 
 
 def _secagg_config(run: dict) -> dict:
@@ -253,7 +261,9 @@ def test_secagg_site_hands_only_its_update_and_scalars_to_the_masking(
 
     evaluated = client.evaluate(EvaluateIns(params, _secagg_config(run)))
     assert evaluated.status.code == Code.OK, evaluated.status.message
-    _check_clear_scalars(evaluated.metrics, site_manifest, allowed={"site-id", "eval-seconds"})
+    _check_clear_scalars(
+        evaluated.metrics, site_manifest, allowed={"site-id", "eval-seconds", "skipped-files"}
+    )
     record = unflatten_record(evaluated.metrics)
     hist = np.asarray(record["summary-hist"])
     assert hist.size <= 2 * 2 * BINS and np.all(hist >= 0)
