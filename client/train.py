@@ -248,7 +248,14 @@ def train_local(
 def predict(
     model: nn.Module, loader: DataLoader, *, device: str | torch.device = "cpu"
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """Labels (N,), softmax probabilities (N, K) and the summed cross-entropy over ``loader``."""
+    """Labels (N,), softmax probabilities (N, K) and the summed cross-entropy over ``loader``.
+
+    Segmentation models give their classification view (see the module docstring): the risk
+    for DFS, "the slice shows foreground" for a segmentation model; the loss is theirs.
+    """
+    if kind_of(model) != "classification":
+        labels, probs, loss_sum, _, _ = _predict_segmentation(model, loader, device=device)
+        return labels, probs, loss_sum
     was_training = model.training
     model.to(device).eval()
     labels: list[np.ndarray] = []

@@ -12,7 +12,7 @@ from PIL import Image
 
 from client.dataset import ManifestDataset, make_loader
 from client.manifest import ManifestError, load_manifest, target_columns
-from client.train import TrainConfig, evaluate, train_local
+from client.train import TrainConfig, evaluate, predict, train_local
 from models import create_model_for_task, get_task
 from tests.client._data import write_csv
 
@@ -152,6 +152,9 @@ def test_segmentation_trains_and_evaluates_through_the_common_path(tmp_path: Pat
     assert 0 <= evaluation.metrics["iou"] <= evaluation.metrics["dice"] <= 1
     assert evaluation.summary.segmentation is not None
     assert evaluation.summary.segmentation.n == 4
+    labels, probs, _ = predict(model, make_loader(manifest, "train", batch_size=4, train=False))
+    assert labels.tolist() == [1, 1, 1, 1]  # every slice shows tumour
+    assert probs.shape == (4, 2) and np.allclose(probs.sum(axis=1), 1.0)
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
