@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import zlib
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ __all__ = [
     "SiteConfigError",
     "PrivacyReport",
     "get_session",
+    "site_round_seed",
 ]
 
 _log = logging.getLogger(__name__)
@@ -258,7 +260,13 @@ class SiteSession:
         return {k: v for k, v in state.items() if k not in keys}, kept
 
     def train(self, rounds: RoundSettings) -> TrainResult:
-        """Train without DP (the site has no budget and the server asked for none)."""
+        """Train without DP (the site has no budget and the server asked for none).
+
+        Torch's RNG (dropout, drop-path) is seeded from the run seed, the round and the site,
+        so a round trains the same whichever process runs it (simulation actors take sites
+        in any order). DP-SGD is not seeded this way: its noise must stay unpredictable.
+        """
+        torch.manual_seed(site_round_seed(rounds.seed, rounds.server_round, self.site_id))
         loader = make_loader(
             self.manifest,
             "train",
@@ -384,6 +392,11 @@ class SiteSession:
         return evaluate(
             self.model, loader, num_classes=self.task.num_classes, n_bins=rounds.score_bins
         )
+
+
+def site_round_seed(seed: int, server_round: int, site_id: str) -> int:
+    """The torch seed of one site's non-DP training in one round (stable across processes)."""
+    return (seed * 1_000_003 + server_round * 7_919 + zlib.crc32(site_id.encode())) % 2**63
 
 
 def _infer_site_id(manifest: Manifest) -> str:
