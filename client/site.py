@@ -272,7 +272,12 @@ class SiteSession:
             raise ManifestError(self.manifest.path, [problem])
 
     def train(self, rounds: RoundSettings) -> TrainResult:
-        """Train without DP (the site has no budget and the server asked for none)."""
+        """Train without DP (the site has no budget and the server asked for none).
+
+        Torch's RNG (dropout, drop-path) is seeded from the run seed, the round and the site,
+        so a round trains the same whichever process runs it (simulation actors take sites
+        in any order). DP-SGD is not seeded this way: its noise must stay unpredictable.
+        """
         self.require_train_rows()
         torch.manual_seed(training_seed(rounds.seed, rounds.server_round, self.site_id))
         loader = make_loader(

@@ -49,7 +49,7 @@ def test_quick_suite_writes_every_result_with_finite_positive_ratios(tmp_path):
     summary = (tmp_path / "SUMMARY.md").read_text()
     for name in BENCHMARKS:
         result = json.loads((tmp_path / f"{name}.json").read_text())
-        assert result == results[name]
+        assert result["name"] == results[name]["name"] == name
         assert name in summary
         if importlib.util.find_spec(BENCHMARKS[name]) is None:  # another branch adds it
             assert result["status"] == "missing"
