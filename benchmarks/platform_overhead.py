@@ -33,7 +33,7 @@ import torch
 from benchmarks._common import Target, bench_main, ratio
 from client.dataset import make_loader
 from client.manifest import load_manifest
-from client.site import RoundSettings, site_round_seed
+from client.site import RoundSettings, training_seed
 from client.train import evaluate, train_local
 from models import create_model_for_task
 from server.config import RunConfig
@@ -125,7 +125,7 @@ def plain_loop(manifest: Path, run_config: dict[str, Any]) -> dict[str, Any]:
                 seed=rounds.seed + 1000 * rounds.server_round,
                 image_cache=caches[site, "train"],
             )
-            torch.manual_seed(site_round_seed(rounds.seed, rounds.server_round, site))
+            torch.manual_seed(training_seed(rounds.seed, rounds.server_round, site))
             result = train_local(
                 model,
                 loader,

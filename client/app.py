@@ -212,6 +212,7 @@ def train(msg: Message, context: Context) -> Message:
             "train-loss": result.mean_loss,
             "train-seconds": result.seconds,
             "train-steps": result.num_steps,
+            "skipped-files": result.skipped_files,  # unreadable images skipped this round
             "unit-weight": 1,  # lets the server average uniformly (central DP)
             **values,
         }
@@ -245,6 +246,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     record: dict[str, int | float | list[int] | list[float]] = {
         "num-examples": result.num_examples,
         "eval-seconds": result.seconds,
+        "skipped-files": result.skipped_files,
     }
     record.update(result.summary.to_record())
     content = RecordDict({"metrics": MetricRecord(record), "site": _site_record(session.site_id)})

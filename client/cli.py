@@ -148,15 +148,14 @@ def _print_summary(console: Console, manifest: Manifest) -> None:
         markup=False,
         soft_wrap=True,
     )
+    for warning in manifest.warnings:
+        console.print(f"warning: {warning}", markup=False, soft_wrap=True, style="yellow")
     for note in _notes(manifest, summary):
         console.print(f"note: {note}", markup=False, soft_wrap=True, style="yellow")
 
 
 def _notes(manifest: Manifest, summary: dict[str, dict[str, object]]) -> list[str]:
-    notes = []
-    for split, info in summary.items():
-        if info["rows"] == 0:
-            notes.append(f"the {split} split is empty")
+    notes = []  # empty splits and single-class sites are in manifest.warnings
     for split, info in summary.items():
         for name, count in info["labels"].items():  # type: ignore[union-attr]
             if count == 0 and info["rows"]:

@@ -65,6 +65,7 @@ def build_node_config(
     dp_epsilon: float | None = None,
     dp_delta: float | None = None,
     dp_max_grad_norm: float | None = None,
+    dp_noise_multiplier: float | None = None,
 ) -> dict[str, NodeValue]:
     """The site's node config: what the ClientApp reads from ``context.node_config``.
 
@@ -75,6 +76,8 @@ def build_node_config(
         dp_delta: the site's delta (``dp-delta``); only with ``dp_epsilon``.
         dp_max_grad_norm: per-sample clipping norm (``dp-max-grad-norm``); only with
             ``dp_epsilon``.
+        dp_noise_multiplier: a fixed DP-SGD noise multiplier (``dp-noise-multiplier``)
+            instead of one planned from the budget; only with ``dp_epsilon`` (the cap).
 
     Raises:
         SiteRunError: listing every bad value.
@@ -85,7 +88,11 @@ def build_node_config(
     if dp_epsilon is None:
         given = [
             flag
-            for flag, value in (("--dp-delta", dp_delta), ("--dp-max-grad-norm", dp_max_grad_norm))
+            for flag, value in (
+                ("--dp-delta", dp_delta),
+                ("--dp-max-grad-norm", dp_max_grad_norm),
+                ("--dp-noise-multiplier", dp_noise_multiplier),
+            )
             if value is not None
         ]
         if given:
@@ -99,6 +106,10 @@ def build_node_config(
             math.isfinite(dp_max_grad_norm) and dp_max_grad_norm > 0
         ):
             problems.append(f"dp-max-grad-norm must be > 0, got {dp_max_grad_norm}")
+        if dp_noise_multiplier is not None and not (
+            math.isfinite(dp_noise_multiplier) and dp_noise_multiplier > 0
+        ):
+            problems.append(f"dp-noise-multiplier must be > 0, got {dp_noise_multiplier}")
     if problems:
         raise SiteRunError("invalid site settings: " + "; ".join(problems))
     config: dict[str, NodeValue] = {
@@ -109,6 +120,7 @@ def build_node_config(
         ("dp-epsilon", dp_epsilon),
         ("dp-delta", dp_delta),
         ("dp-max-grad-norm", dp_max_grad_norm),
+        ("dp-noise-multiplier", dp_noise_multiplier),
     ):
         if value is not None:
             config[key] = float(value)
@@ -283,6 +295,12 @@ def add_site_commands(commands: argparse._SubParsersAction) -> None:
         "--dp-max-grad-norm", type=float, metavar="C", help="per-sample gradient clipping norm"
     )
     run.add_argument(
+        "--dp-noise-multiplier",
+        type=float,
+        metavar="S",
+        help="fixed DP-SGD noise multiplier (default: planned so that --dp-epsilon lasts the run)",
+    )
+    run.add_argument(
         "--max-retries", type=int, metavar="N", help="give up after N failed connection attempts"
     )
     run.add_argument(
@@ -332,6 +350,7 @@ def run_site(args: argparse.Namespace) -> int:
             dp_epsilon=args.dp_epsilon,
             dp_delta=args.dp_delta,
             dp_max_grad_norm=args.dp_max_grad_norm,
+            dp_noise_multiplier=args.dp_noise_multiplier,
         )
         root = args.root_certificates.expanduser().absolute() if args.root_certificates else None
         key = args.auth_key.expanduser().absolute() if args.auth_key else None

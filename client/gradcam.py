@@ -31,6 +31,7 @@ from monai.visualize import GradCAM
 from PIL import Image
 from torch import nn
 
+from client.dataset import modality_mask, uses_modality_mask
 from client.features import site_feature_transform
 from client.manifest import Manifest, ManifestError, load_manifest
 from client.transforms import eval_transforms, load_image
@@ -138,7 +139,8 @@ def gradcam_maps(
             or any model with a ``backbone`` / ``backbones`` of timm networks); left unchanged
             (a copy gets the hooks) and in its train/eval mode.
         inputs: the model's inputs for one sample: one ``(1, C, H, W)`` tensor per modality,
-            then the ``(1, F)`` feature tensor if the task has features.
+            then the ``(1, M)`` modality mask for models that take one, then the ``(1, F)``
+            feature tensor if the task has features.
         class_index: the class to explain. Default None: the predicted class.
 
     Returns:
@@ -252,6 +254,7 @@ def explain_rows(
         class_index = task.classes.index(class_name)
     prepare = eval_transforms(task.image_size, in_chans=task.in_chans)
     features = site_feature_transform(manifest) if task.features else None
+    with_mask = uses_modality_mask(task)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
@@ -267,6 +270,9 @@ def explain_rows(
                 else torch.zeros(task.in_chans, task.image_size, task.image_size)
             )
         inputs = [image.unsqueeze(0) for image in images]
+        paths = tuple(str(record[m]) for m in task.modalities)
+        if with_mask and not all(paths):  # masked out of the fusion, as in training
+            inputs.append(modality_mask(paths).unsqueeze(0))
         if features is not None:
             inputs.append(torch.from_numpy(features.transform(frame.loc[[row]])))
         result = gradcam_maps(model, inputs, class_index=class_index)

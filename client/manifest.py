@@ -21,9 +21,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from client._manifest_csv import CsvProblem, read_manifest_csv
+from client._manifest_warnings import manifest_warnings
 from client.features import feature_problems
 from client.splits import SPLITS, SplitError, assign_splits
 from models._options import look_up_option
+from models._registry import handles_missing_modalities
+from models.factory import task_kind
 from models.tasks import TaskSpec
 
 __all__ = [
@@ -31,8 +35,12 @@ __all__ = [
     "Manifest",
     "ManifestError",
     "ManifestProblem",
+    "MASK_COLUMN",
     "image_format",
+    "image_problem",
     "load_manifest",
+    "target_columns",
+    "read_manifest_table",
 ]
 
 logger = logging.getLogger(__name__)
@@ -53,6 +61,20 @@ IMAGE_SUFFIXES: dict[str, str] = {
 }
 _FORMATS_TEXT = "PNG, JPEG, TIFF, BMP, NIfTI (.nii, .nii.gz), DICOM (.dcm) or NumPy (.npy)"
 _RESERVED = ("row", "label_index")
+
+MASK_COLUMN = "mask"
+"""The column holding each row's label-map path in segmentation tasks."""
+
+
+def target_columns(task: TaskSpec) -> tuple[str, ...]:
+    """Manifest columns a row's targets come from: ``("label",)`` for classification,
+    ``("mask",)`` for segmentation, ``("mask", "label")`` for segmentation + risk (DFS)."""
+    kind = task_kind(task)
+    if kind == "segmentation":
+        return (MASK_COLUMN,)
+    if kind == "segmentation-risk":
+        return (MASK_COLUMN, "label")
+    return ("label",)
 
 
 @dataclass(frozen=True)
@@ -110,6 +132,8 @@ class Manifest:
             (spreadsheet row), ``label_index`` (int) and ``split``; each modality column holds
             absolute paths (``;``-joined for bags, ``""`` when the modality is missing).
         site: the site the rows were filtered to, if any.
+        warnings: legal but odd data (an empty split, a single class, images of several
+            sizes or channel counts); logged, printed by ``fedfusion site check``.
     """
 
     path: Path
@@ -117,6 +141,7 @@ class Manifest:
     task: TaskSpec
     frame: pd.DataFrame
     site: str | None = None
+    warnings: tuple[ManifestProblem, ...] = ()
 
     def rows(self, split: str) -> pd.DataFrame:
         """The rows of one split (``"train"``, ``"val"`` or ``"test"``), index reset."""
@@ -182,7 +207,7 @@ def load_manifest(
     """
     path = Path(path).expanduser().absolute()
     root = path.parent
-    raw = _read_csv(path)
+    raw = read_manifest_table(path)
     checker = _Checker(path, root, task, check_images=check_images)
     frame = checker.check_columns(raw)
     frame = checker.filter_site(frame, site)
@@ -197,8 +222,19 @@ def load_manifest(
             )
         except SplitError as err:
             raise ManifestError(path, [ManifestProblem(None, "split", str(err))]) from err
+    warnings = tuple(
+        ManifestProblem(row, column, message)
+        for row, column, message in manifest_warnings(frame, task, checker.shapes)
+    )
+    for warning in warnings:
+        logger.warning("%s: %s", path, warning)
     manifest = Manifest(
-        path=path, root=root, task=task, frame=frame.reset_index(drop=True), site=site
+        path=path,
+        root=root,
+        task=task,
+        frame=frame.reset_index(drop=True),
+        site=site,
+        warnings=warnings,
     )
     logger.info(
         "manifest %s: %d rows for task %s (%s)",
@@ -213,47 +249,18 @@ def load_manifest(
 # -- reading --------------------------------------------------------------------------------
 
 
-def _read_csv(path: Path) -> pd.DataFrame:
-    """The CSV as strings with the header as column names, index = spreadsheet row."""
+def read_manifest_table(path: str | Path) -> pd.DataFrame:
+    """The manifest CSV as stripped strings, unchecked against any task: the header as column
+    names (a repeated name gets `` (column N)``), index = spreadsheet row.
 
-    def fail(message: str) -> ManifestError:
-        return ManifestError(path, [ManifestProblem(None, None, message)])
-
-    if not path.exists():
-        raise fail(f"manifest file not found: {path}")
-    if path.is_dir():
-        raise fail(f"{path} is a folder; give the manifest CSV file")
+    Raises:
+        ManifestError: the file cannot be read as a CSV (see ``docs/troubleshooting.md``).
+    """
+    path = Path(path)
     try:
-        table = pd.read_csv(
-            path,
-            header=None,
-            dtype=str,
-            keep_default_na=False,
-            skip_blank_lines=False,
-            encoding="utf-8-sig",
-        )
-    except UnicodeDecodeError as err:
-        raise fail(f"not UTF-8 text ({err}); save the manifest as 'CSV UTF-8'") from err
-    except pd.errors.EmptyDataError as err:
-        raise fail("the file is empty; the first line must be the header") from err
-    except (pd.errors.ParserError, ValueError) as err:
-        raise fail(f"not a valid CSV file: {err}") from err
-    table = table.fillna("").map(str.strip)
-    header = [str(name) for name in table.iloc[0]]
-    frame = table.iloc[1:].copy()
-    frame.index = pd.RangeIndex(2, len(table) + 1)  # spreadsheet rows
-    frame.columns = _unique_names(header)
-    frame.attrs["header"] = header
-    return frame
-
-
-def _unique_names(header: list[str]) -> list[str]:
-    seen: dict[str, int] = defaultdict(int)
-    names = []
-    for position, name in enumerate(header, start=1):
-        seen[name] += 1
-        names.append(name if seen[name] == 1 else f"{name} (column {position})")
-    return names
+        return read_manifest_csv(path)
+    except CsvProblem as err:
+        raise ManifestError(path, [ManifestProblem(err.row, None, err.message)]) from err
 
 
 # -- checks ---------------------------------------------------------------------------------
@@ -268,7 +275,9 @@ class _Checker:
         self.task = task
         self.check_images = check_images
         self.problems: list[ManifestProblem] = []
-        self._image_cache: dict[Path, str | None] = {}
+        self._image_cache: dict[Path, _ImageCheck] = {}
+        #: modality column -> [(row, (width, height), channels)] of the readable 2-D images
+        self.shapes: dict[str, list[tuple[int, tuple[int, int], int]]] = defaultdict(list)
 
     def add(self, row: int | None, column: str | None, message: str) -> None:
         self.problems.append(ManifestProblem(row, column, message))
@@ -288,7 +297,9 @@ class _Checker:
         for name in _RESERVED:
             if name in frame.columns:
                 self.add(None, name, "is reserved (fedfusion adds it to the table); rename it")
-        required = ["patient_id", "label", *self.task.modalities, *self.task.features]
+        self.has_mask = MASK_COLUMN in target_columns(self.task)
+        mask = [MASK_COLUMN] if self.has_mask else []
+        required = ["patient_id", "label", *self.task.modalities, *mask, *self.task.features]
         present = set(frame.columns)
         spare = [c for c in frame.columns if c not in required]
         for name in required:
@@ -299,6 +310,7 @@ class _Checker:
     def _missing_column_message(self, name: str, required: list[str], spare: list[str]) -> str:
         kind = "modality" if name in self.task.modalities else "feature"
         kind = kind if name not in ("patient_id", "label") else "required"
+        kind = "label-map" if name == MASK_COLUMN else kind
         message = (
             f"{kind} column {name!r} is missing (task {self.task.name!r} needs: "
             f"{', '.join(required)})"
@@ -337,7 +349,9 @@ class _Checker:
         columns = set(frame.columns)
         modalities = [m for m in self.task.modalities if m in columns]
         resolved: dict[str, list[str]] = {m: [] for m in modalities}
+        refuse_missing = len(self.task.modalities) >= 2 and not self._model_handles_missing()
         label_index: list[int] = []
+        masks: list[str] = []
         for row, record in zip(frame.index, frame.to_dict("records"), strict=True):
             if "patient_id" in columns and not record["patient_id"]:
                 self.add(row, "patient_id", "patient_id is empty; every row needs one")
@@ -350,10 +364,18 @@ class _Checker:
                     f"every modality is empty ({', '.join(modalities)}); "
                     "a row needs at least one image",
                 )
+            elif refuse_missing:
+                for m in modalities:
+                    if not record[m]:
+                        self.add(row, m, self._missing_modality_message(m))
             for m in modalities:
                 resolved[m].append(self._cell(row, m, record[m]))
+            if self.has_mask and MASK_COLUMN in columns:
+                masks.append(self._mask_cell(row, record[MASK_COLUMN]))
         for m in modalities:
             frame[m] = resolved[m]
+        if self.has_mask and MASK_COLUMN in columns:
+            frame[MASK_COLUMN] = masks
         for row, column, message in feature_problems(frame, self.task):
             self.add(row, column, message)
         if "label" in columns:
@@ -365,6 +387,19 @@ class _Checker:
         if "row" not in columns:  # else a reserved-name problem is already recorded
             frame.insert(0, "row", np.asarray(frame.index, dtype=np.int64))
         return frame
+
+    def _model_handles_missing(self) -> bool:
+        try:
+            return handles_missing_modalities(self.task.model)
+        except ValueError:  # an unknown model is reported where the model is built
+            return True
+
+    def _missing_modality_message(self, modality: str) -> str:
+        return (
+            f"modality {modality!r} is empty, and model {self.task.model!r} cannot handle a "
+            "missing modality (only models registered with handles_missing_modalities, e.g. "
+            "mufnet and resnet_fusion, mask it out of the fusion); add the image or drop the row"
+        )
 
     def _label(self, row: int, value: str) -> int:
         classes = self.task.classes
@@ -409,18 +444,45 @@ class _Checker:
         resolved = []
         for part in parts:
             target = self._resolve(part)
-            if not target.exists():
+            try:
+                if not target.exists():
+                    resolved.append(str(target))
+                    self.add(row, column, f"file not found: {part!r} (looked for {target})")
+                elif target.is_dir():
+                    if not is_bag:
+                        self.add(row, column, self._not_a_bag_message(f"the folder {part!r}"))
+                    images = self._folder(row, column, part, target)
+                    resolved += [str(image) for image in images] if is_bag else [str(target)]
+                else:
+                    resolved.append(str(target))
+                    self._file(row, column, part, target)
+            except (OSError, ValueError) as err:  # name too long, NUL byte, no permission
                 resolved.append(str(target))
-                self.add(row, column, f"file not found: {part!r} (looked for {target})")
-            elif target.is_dir():
-                if not is_bag:
-                    self.add(row, column, self._not_a_bag_message(f"the folder {part!r}"))
-                images = self._folder(row, column, part, target)
-                resolved += [str(image) for image in images] if is_bag else [str(target)]
-            else:
-                resolved.append(str(target))
-                self._file(row, column, part, target)
+                self.add(row, column, f"cannot use the path {part!r}: {err}; fix the path")
         return ";".join(resolved)
+
+    def _mask_cell(self, row: int, value: str) -> str:
+        """Check one ``mask`` cell (one label-map file, required); return its absolute path."""
+        if not value:
+            self.add(
+                row,
+                MASK_COLUMN,
+                f"mask is empty; task {self.task.name!r} segments every row, so each row needs "
+                "a label-map file (0 = background, 1 = tumour)",
+            )
+            return ""
+        if ";" in value:
+            self.add(row, MASK_COLUMN, "a mask cell takes one label-map file, not a list")
+            return ""
+        target = self._resolve(value)
+        if target.is_dir():
+            self.add(row, MASK_COLUMN, f"{value!r} is a folder; give one label-map file")
+            return str(target)
+        if not target.exists():
+            self.add(row, MASK_COLUMN, f"file not found: {value!r} (looked for {target})")
+            return str(target)
+        self._file(row, MASK_COLUMN, value, target)
+        return str(target)
 
     def _not_a_bag_message(self, what: str) -> str:
         bags = ", ".join(repr(b) for b in self.task.bags)
@@ -433,7 +495,11 @@ class _Checker:
     def _resolve(self, text: str) -> Path:
         if os.sep == "/" and "\\" in text:
             text = text.replace("\\", "/")  # written on Windows
-        path = Path(text).expanduser()
+        path = Path(text)
+        try:
+            path = path.expanduser()
+        except RuntimeError:  # "~user" of an unknown user, or no home directory
+            pass  # left as written: reported as not found
         return Path(os.path.normpath(path if path.is_absolute() else self.root / path))
 
     def _folder(self, row: int, column: str, text: str, folder: Path) -> list[Path]:
@@ -452,10 +518,12 @@ class _Checker:
         if not self.check_images:
             return
         if target not in self._image_cache:
-            self._image_cache[target] = _image_problem(target, family)
-        reason = self._image_cache[target]
-        if reason is not None:
-            self.add(row, column, f"cannot read image {text!r}: {reason}")
+            self._image_cache[target] = _inspect_image(target, family)
+        check = self._image_cache[target]
+        if check.problem is not None:
+            self.add(row, column, f"cannot read image {text!r}: {check.problem}")
+        elif check.size is not None and check.channels is not None:
+            self.shapes[column].append((row, check.size, check.channels))
 
     def _duplicates(self, frame: pd.DataFrame, modalities: list[str]) -> None:
         first: dict[tuple[str, ...], int] = {}
@@ -536,11 +604,49 @@ def _folder_images(folder: Path) -> list[Path]:
 # -- image checks (cheap: headers, small decodes) -------------------------------------------
 
 
+def image_problem(path: str | Path) -> str | None:
+    """Why the image file ``path`` cannot be read (cheap header / small decode), or None."""
+    path = Path(path)
+    family = image_format(path)
+    if family is None:
+        return f"unsupported image type; use {_FORMATS_TEXT}"
+    if not path.is_file():
+        return "file not found"
+    return _image_problem(path, family)
+
+
+@dataclass(frozen=True)
+class _ImageCheck:
+    """What the cheap check found: a problem, or the 2-D size and channels when known."""
+
+    problem: str | None
+    size: tuple[int, int] | None = None  # (width, height)
+    channels: int | None = None
+
+
+def _inspect_image(path: Path, family: str) -> _ImageCheck:
+    """Check ``path``; PNG/JPEG/TIFF/BMP and .npy also give their size and channels."""
+    if family == "pil":
+        try:
+            return _pil_check(path)
+        except Exception as err:  # noqa: BLE001 - any reader failure is a problem to report
+            return _ImageCheck(f"{type(err).__name__}: {err}")
+    problem = _image_problem(path, family)
+    if problem is None and family == "npy":
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+        if array.ndim == 2:
+            return _ImageCheck(None, (array.shape[1], array.shape[0]), 1)
+        if array.shape[0] <= 4:  # (C, H, W)
+            return _ImageCheck(None, (array.shape[2], array.shape[1]), array.shape[0])
+        return _ImageCheck(None, (array.shape[1], array.shape[0]), array.shape[2])
+    return _ImageCheck(problem)
+
+
 def _image_problem(path: Path, family: str) -> str | None:
     """Why ``path`` cannot be read, or None when it looks fine."""
     try:
         if family == "pil":
-            return _pil_problem(path)
+            return _pil_check(path).problem
         if family == "npy":
             return _npy_problem(path)
         if family == "nifti":
@@ -550,24 +656,27 @@ def _image_problem(path: Path, family: str) -> str | None:
         return f"{type(err).__name__}: {err}"
 
 
-def _pil_problem(path: Path) -> str | None:
+def _pil_check(path: Path) -> _ImageCheck:
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
             image.verify()
         with Image.open(path) as image:
+            size, channels = image.size, len(image.getbands())
             if image.format == "JPEG":
                 image.draft("L", (32, 32))  # decode at 1/8 scale: catches truncated files
             if image.format != "PNG":  # PNG: verify() already checked every chunk's CRC
                 image.load()
             if min(image.size) < 1:
-                return f"image has size {image.size}"
+                return _ImageCheck(f"image has size {image.size}")
     except UnidentifiedImageError:
-        return "not an image (PNG/JPEG/TIFF/BMP) file; it may be text or another format"
+        return _ImageCheck(
+            "not an image (PNG/JPEG/TIFF/BMP) file; it may be text or another format"
+        )
     except (OSError, SyntaxError, ValueError) as err:
-        return f"corrupt or truncated image ({err})"
-    return None
+        return _ImageCheck(f"corrupt or truncated image ({err}); re-export or re-copy the file")
+    return _ImageCheck(None, size, channels)
 
 
 def _npy_problem(path: Path) -> str | None:

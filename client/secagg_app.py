@@ -120,6 +120,7 @@ class SiteNumPyClient(NumPyClient):
                 "train-loss": result.mean_loss,
                 "train-seconds": result.seconds,
                 "train-steps": result.num_steps,
+                "skipped-files": result.skipped_files,
                 "secagg-clipped-values": clipped,
             }
         )
@@ -137,6 +138,7 @@ class SiteNumPyClient(NumPyClient):
         metrics: dict[str, Scalar] = {
             "site-id": session.site_id,
             "eval-seconds": result.seconds,
+            "skipped-files": result.skipped_files,
             **flatten_record(summary.to_record()),
         }
         return float(loss), int(result.num_examples), metrics

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from client.dataset import make_loader
-from client.manifest import Manifest, load_manifest
+from client.manifest import Manifest, ManifestError, ManifestProblem, load_manifest
 from client.privacy import (
     BudgetExhausted,
     PrivacyBudget,
@@ -41,7 +41,7 @@ __all__ = [
     "SiteConfigError",
     "PrivacyReport",
     "get_session",
-    "site_round_seed",
+    "training_seed",
 ]
 
 _log = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ class RoundSettings:
         task = base.replace(
             backbone=str(get("backbone", "")),
             image_size=int(get("image-size", 0)),  # type: ignore[call-overload]
-        )
+        ).with_model_options(str(get("model-options", "")))
         server_round = int(get("server-round", 1))  # type: ignore[call-overload]
         epochs = int(get("local-epochs", 1))  # type: ignore[call-overload]
         train = TrainConfig(
@@ -259,6 +259,18 @@ class SiteSession:
         kept = {k: v for k, v in state.items() if k in keys}
         return {k: v for k, v in state.items() if k not in keys}, kept
 
+    def require_train_rows(self) -> None:
+        """Raise ManifestError when the site has no training rows (an evaluation-only site)."""
+        if len(self.manifest.rows("train")) == 0:
+            problem = ManifestProblem(
+                None,
+                "split",
+                f"site {self.site_id} was asked to train but its train split has no rows "
+                "(an evaluation-only site); give some patients split=train, or leave this "
+                "site out of training",
+            )
+            raise ManifestError(self.manifest.path, [problem])
+
     def train(self, rounds: RoundSettings) -> TrainResult:
         """Train without DP (the site has no budget and the server asked for none).
 
@@ -266,7 +278,8 @@ class SiteSession:
         so a round trains the same whichever process runs it (simulation actors take sites
         in any order). DP-SGD is not seeded this way: its noise must stay unpredictable.
         """
-        torch.manual_seed(site_round_seed(rounds.seed, rounds.server_round, self.site_id))
+        self.require_train_rows()
+        torch.manual_seed(training_seed(rounds.seed, rounds.server_round, self.site_id))
         loader = make_loader(
             self.manifest,
             "train",
@@ -309,6 +322,7 @@ class SiteSession:
         every round spends the same share; a site joining with a smaller budget than planned
         for still stops when its own budget is reached.
         """
+        self.require_train_rows()
         # Uniform Poisson sampling: the accounting assumes every row has the same rate.
         loader = make_loader(
             self.manifest,
@@ -327,10 +341,13 @@ class SiteSession:
             raise PrivacyConfigError(f"site {self.site_id} has no training rows")
         sample_rate = 1 / steps_per_epoch
         round_steps = steps_per_epoch * rounds.local_epochs
-        noise = plan_noise_multiplier(
-            budget, sample_rate=sample_rate, total_steps=round_steps * rounds.num_rounds
-        )
-        if noise > budget.max_noise_multiplier:
+        if budget.noise_multiplier is not None:  # the site fixed its noise; epsilon is the cap
+            noise = budget.noise_multiplier
+        else:
+            noise = plan_noise_multiplier(
+                budget, sample_rate=sample_rate, total_steps=round_steps * rounds.num_rounds
+            )
+        if noise > budget.max_noise_multiplier and budget.noise_multiplier is None:
             raise BudgetExhausted(
                 f"site {self.site_id} declines round {rounds.server_round}: a budget of epsilon "
                 f"{budget.epsilon:g} over {rounds.num_rounds} rounds needs noise multiplier "
@@ -344,6 +361,8 @@ class SiteSession:
                 f"epsilon to {projected:.3f}, above the site's budget {budget.epsilon:g} "
                 f"(spent so far {ledger.spent(budget.delta):.3f}, delta {budget.delta:g})"
             )
+        # No training_seed here: DP noise drawn from a seed the server knows would not protect
+        # anyone from the server. DP-SGD rounds are therefore not repeatable on resume.
         work = copy.deepcopy(self.model)  # Opacus adds hooks; keep the session's model clean
         optimizer = torch.optim.SGD(
             work.parameters(),
@@ -394,8 +413,10 @@ class SiteSession:
         )
 
 
-def site_round_seed(seed: int, server_round: int, site_id: str) -> int:
-    """The torch seed of one site's non-DP training in one round (stable across processes)."""
+def training_seed(seed: int, server_round: int, site_id: str) -> int:
+    """The torch seed of one site's local training in one round (dropout and other random
+    layers): the same run seed, round and site train identically, so a resumed run repeats an
+    uninterrupted one."""
     return (seed * 1_000_003 + server_round * 7_919 + zlib.crc32(site_id.encode())) % 2**63
 
 

@@ -3,10 +3,17 @@
 A site calls :func:`train_local` with the global weights loaded into ``model`` and sends back
 the new weights; :func:`evaluate` returns exact metrics for the site's own report plus a
 :class:`~models.metrics.ScoreSummary` (histograms and counts) that is safe to share.
+
+The model's kind (``models._registry.kind_of``) says how many targets end each batch and
+which loss trains it (``models.losses.build_loss``). Segmentation models are evaluated with
+per-image Dice and IoU (shared as sums) next to a classification summary: for ``segmentation``
+whether the slice shows foreground (ground truth: a non-empty mask; score: the peak foreground
+probability), for ``segmentation-risk`` the risk output against the ``label``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -18,8 +25,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from models.losses import build_focal_loss, model_loss
+from models._registry import MODEL_KINDS, kind_of
+from models.losses import build_loss, model_loss
 from models.metrics import ScoreSummary, classification_metrics
+from models.seg_metrics import SegmentationSums, segmentation_scores
 
 __all__ = [
     "TrainConfig",
@@ -96,6 +105,7 @@ class TrainResult:
     epoch_losses: tuple[float, ...]
     learning_rates: tuple[float, ...]
     seconds: float
+    skipped_files: int = 0  # unreadable image files skipped (see client.dataset)
 
     @property
     def mean_loss(self) -> float:
@@ -111,6 +121,7 @@ class EvalResult:
     metrics: dict[str, float | list[float] | list[list[int]]]
     summary: ScoreSummary
     seconds: float
+    skipped_files: int = 0  # unreadable image files skipped (see client.dataset)
 
 
 def learning_rate_at(epoch: int, *, base: float, step_epochs: int, gamma: float) -> float:
@@ -118,9 +129,17 @@ def learning_rate_at(epoch: int, *, base: float, step_epochs: int, gamma: float)
     return base * gamma ** (epoch // step_epochs)
 
 
-def _split_batch(batch: Sequence[torch.Tensor]) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
-    *inputs, target = batch
-    return tuple(inputs), target
+def _skipped_files(loader: DataLoader) -> int:
+    """Unreadable files the loader's dataset skipped (0 for datasets that do not count)."""
+    return int(getattr(loader.dataset, "skipped_files", 0))
+
+
+def _split_batch(
+    batch: Sequence[torch.Tensor], n_targets: int = 1
+) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+    """``(inputs, targets)``: the last ``n_targets`` tensors of a batch are its targets."""
+    batch = tuple(batch)
+    return batch[:-n_targets], batch[-n_targets:]
 
 
 def train_local(
@@ -148,7 +167,9 @@ def train_local(
         progress: optional callback after each batch.
     """
     model.to(device).train()
-    criterion = build_focal_loss(gamma=config.focal_gamma, class_counts=list(class_counts))
+    kind = kind_of(model)
+    n_targets = MODEL_KINDS[kind]
+    criterion = build_loss(kind, focal_gamma=config.focal_gamma, class_counts=list(class_counts))
     criterion.to(device)
     if optimizer is None:
         optimizer = torch.optim.SGD(
@@ -178,13 +199,16 @@ def train_local(
         total, count = 0.0, 0
         n_batches = len(loader)
         for index, batch in enumerate(loader):
-            inputs, target = _split_batch(batch)
-            if target.numel() == 0:  # Opacus' Poisson sampling can draw an empty batch
+            inputs, targets = _split_batch(batch, n_targets)
+            if targets[0].numel() == 0:  # Opacus' Poisson sampling can draw an empty batch
                 continue
             inputs = tuple(x.to(device) for x in inputs)
-            target = target.to(device)
+            targets = tuple(t.to(device) for t in targets)
             optimizer.zero_grad(set_to_none=True)
-            loss = model_loss(model, inputs, target, criterion)  # the model's own, if it has one
+            if n_targets == 1:  # the model's own loss, if it has one (e.g. CMUS-Net)
+                loss = model_loss(model, inputs, targets[0], criterion)
+            else:
+                loss = criterion(model(*inputs), *targets)
             if anchor is not None:
                 drift = sum(
                     (p - a).pow(2).sum() for p, a in zip(model.parameters(), anchor, strict=True)
@@ -199,8 +223,8 @@ def train_local(
             if config.grad_clip_norm is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip_norm)
             optimizer.step()
-            total += loss.item() * target.shape[0]
-            count += target.shape[0]
+            total += loss.item() * targets[0].shape[0]
+            count += targets[0].shape[0]
             steps += 1
             if progress is not None:
                 progress(local_epoch, index + 1, n_batches)
@@ -216,6 +240,7 @@ def train_local(
         epoch_losses=tuple(epoch_losses),
         learning_rates=tuple(rates),
         seconds=time.perf_counter() - started,
+        skipped_files=_skipped_files(loader),
     )
 
 
@@ -223,7 +248,14 @@ def train_local(
 def predict(
     model: nn.Module, loader: DataLoader, *, device: str | torch.device = "cpu"
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """Labels (N,), softmax probabilities (N, K) and the summed cross-entropy over ``loader``."""
+    """Labels (N,), softmax probabilities (N, K) and the summed cross-entropy over ``loader``.
+
+    Segmentation models give their classification view (see the module docstring): the risk
+    for DFS, "the slice shows foreground" for a segmentation model; the loss is theirs.
+    """
+    if kind_of(model) != "classification":
+        labels, probs, loss_sum, _, _ = _predict_segmentation(model, loader, device=device)
+        return labels, probs, loss_sum
     was_training = model.training
     model.to(device).eval()
     labels: list[np.ndarray] = []
@@ -231,7 +263,9 @@ def predict(
     loss_sum = 0.0
     try:
         for batch in loader:
-            inputs, target = _split_batch(batch)
+            inputs, (target,) = _split_batch(batch)
+            if target.numel() == 0:  # every row of the batch had unreadable images
+                continue
             logits = model(*(x.to(device) for x in inputs)).float()
             target = target.to(device)
             loss_sum += nn.functional.cross_entropy(logits, target, reduction="sum").item()
@@ -257,12 +291,96 @@ def evaluate(
     ``loss`` is the mean cross-entropy (the focal loss is a training device only).
     """
     started = time.perf_counter()
+    if kind_of(model) != "classification":
+        return _evaluate_segmentation(
+            model, loader, num_classes=num_classes, n_bins=n_bins, device=device, started=started
+        )
     labels, probs, loss_sum = predict(model, loader, device=device)
     if labels.size == 0:
         summary = ScoreSummary.empty(num_classes, n_bins)
-        return EvalResult(0, math.nan, {}, summary, time.perf_counter() - started)
+        return EvalResult(
+            0, math.nan, {}, summary, time.perf_counter() - started, _skipped_files(loader)
+        )
     summary = ScoreSummary.from_scores(labels, probs, n_bins=n_bins, loss_sum=loss_sum)
     metrics = classification_metrics(labels, probs)
+    metrics["loss"] = loss_sum / labels.size
+    return EvalResult(
+        num_examples=int(labels.size),
+        loss=loss_sum / labels.size,
+        metrics=metrics,
+        summary=summary,
+        seconds=time.perf_counter() - started,
+        skipped_files=_skipped_files(loader),
+    )
+
+
+@torch.no_grad()
+def _predict_segmentation(
+    model: nn.Module, loader: DataLoader, *, device: str | torch.device
+) -> tuple[np.ndarray, np.ndarray, float, np.ndarray, np.ndarray]:
+    """Labels (N,), probabilities (N, K), summed loss, per-image Dice (N,) and IoU (N,)."""
+    kind = kind_of(model)
+    criterion = build_loss(kind).to(device)
+    was_training = model.training
+    model.to(device).eval()
+    labels, probs, dice, iou = [], [], [], []
+    loss_sum = 0.0
+    try:
+        for batch in loader:
+            inputs, targets = _split_batch(batch, MODEL_KINDS[kind])
+            targets = tuple(t.to(device) for t in targets)
+            outputs = model(*(x.to(device) for x in inputs))
+            mask = targets[0]
+            loss_sum += criterion(outputs, *targets).item() * mask.shape[0]
+            mask_logits = outputs[0] if kind == "segmentation-risk" else outputs
+            d, i = segmentation_scores(mask_logits.float(), mask)
+            dice.append(d)
+            iou.append(i)
+            if kind == "segmentation-risk":
+                probs.append(torch.softmax(outputs[1].float(), dim=1).cpu().numpy())
+                labels.append(targets[1].cpu().numpy())
+            else:  # does the slice show foreground, scored by the peak foreground probability
+                fg = torch.softmax(mask_logits.float(), dim=1)[:, 1:].sum(dim=1)
+                peak = fg.flatten(1).amax(dim=1).clamp(0.0, 1.0).cpu().numpy()
+                probs.append(np.stack([1.0 - peak, peak], axis=1))
+                labels.append((mask.flatten(1) > 0).any(dim=1).long().cpu().numpy())
+    finally:
+        model.train(was_training)
+    if not labels:
+        empty = np.zeros(0)
+        return np.zeros(0, dtype=np.int64), np.zeros((0, 0)), 0.0, empty, empty
+    return (
+        np.concatenate(labels).astype(np.int64),
+        np.concatenate(probs),
+        loss_sum,
+        np.concatenate(dice),
+        np.concatenate(iou),
+    )
+
+
+def _evaluate_segmentation(
+    model: nn.Module,
+    loader: DataLoader,
+    *,
+    num_classes: int,
+    n_bins: int,
+    device: str | torch.device,
+    started: float,
+) -> EvalResult:
+    labels, probs, loss_sum, dice, iou = _predict_segmentation(model, loader, device=device)
+    k = 2 if kind_of(model) == "segmentation" else num_classes
+    if labels.size == 0:
+        summary = dataclasses.replace(
+            ScoreSummary.empty(k, n_bins), segmentation=SegmentationSums()
+        )
+        return EvalResult(0, math.nan, {}, summary, time.perf_counter() - started)
+    sums = SegmentationSums.from_scores(dice, iou)
+    summary = dataclasses.replace(
+        ScoreSummary.from_scores(labels, probs, n_bins=n_bins, loss_sum=loss_sum),
+        segmentation=sums,
+    )
+    metrics = classification_metrics(labels, probs)
+    metrics.update(sums.metrics())
     metrics["loss"] = loss_sum / labels.size
     return EvalResult(
         num_examples=int(labels.size),

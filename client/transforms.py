@@ -40,7 +40,7 @@ from PIL import Image
 
 from client.manifest import image_format
 
-__all__ = ["load_image", "train_transforms", "eval_transforms"]
+__all__ = ["load_image", "resize_mask", "train_transforms", "eval_transforms"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +69,24 @@ def load_image(path: str | Path) -> torch.Tensor:
     if isinstance(image, MetaTensor):
         image = image.as_tensor()
     return _to_chw(image.float(), path)
+
+
+def resize_mask(mask: torch.Tensor, image_size: int, *, binary: bool = True) -> torch.Tensor:
+    """A loaded label map ``(C, H, W)`` (first channel used) as int64 ``(1, S, S)``.
+
+    Resized with nearest neighbours (labels are never blended). ``binary``: any value > 0 is
+    foreground 1 (PNG masks often store 255); else values are rounded to class indices.
+
+    Args:
+        mask: what :func:`load_image` returns for the mask file.
+        image_size: output side S.
+        binary: two-class task. Default True.
+    """
+    _check_sizes(image_size, 1)
+    resized = Resize(spatial_size=(image_size, image_size), mode="nearest")(mask[:1].float())
+    values = resized.as_tensor() if isinstance(resized, MetaTensor) else torch.as_tensor(resized)
+    labels = (values > 0) if binary else values.round().clamp(min=0)
+    return labels.to(torch.int64).contiguous()
 
 
 def eval_transforms(image_size: int, *, in_chans: int = 3) -> Compose:

@@ -6,6 +6,7 @@ from models._registry import (
     ModelConfigError,
     PretrainedWeightsError,
     create_model,
+    handles_missing_modalities,
     is_model,
     list_models,
     model_entrypoint,
@@ -25,8 +26,9 @@ from models.clinical import (
     clinical_input_names,
     clinical_input_width,
 )
+from models.cmusnet import CMUSNet
 from models.factory import create_model_for_task, model_kwargs_for_task
-from models.losses import SoftmaxFocalLoss, build_focal_loss, class_balance_weights
+from models.losses import SoftmaxFocalLoss, build_focal_loss, class_balance_weights, model_loss
 from models.metrics import (
     MetricsInputError,
     ScoreSummary,
@@ -41,6 +43,7 @@ from models.resnet_fusion import ResNetFusionNet
 from models.tasks import TaskSpec, get_task, list_tasks, register_task
 
 __all__ = [
+    "CMUSNet",
     "ClinicalGRU",
     "ClinicalLogReg",
     "ClinicalMLP",
@@ -67,12 +70,14 @@ __all__ = [
     "delong_test",
     "dp_safety_problems",
     "get_task",
+    "handles_missing_modalities",
     "is_model",
     "list_models",
     "list_tasks",
     "look_up_option",
     "make_dp_safe",
     "model_entrypoint",
+    "model_loss",
     "model_kwargs_for_task",
     "norm_state_keys",
     "register_model",

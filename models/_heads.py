@@ -16,6 +16,7 @@ __all__ = [
     "check_drop_rate",
     "check_inputs",
     "check_num_classes",
+    "split_modality_mask",
     "classifier",
     "finish",
 ]
@@ -50,6 +51,34 @@ def check_inputs(model: str, xs: tuple[torch.Tensor, ...], expected: int) -> Non
         raise ValueError(
             f"{model} needs 4-D (B, C, H, W) tensors with the same batch size B, got {shapes}"
         )
+
+
+def split_modality_mask(
+    model: str, xs: tuple[torch.Tensor, ...], expected: int
+) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None]:
+    """``(images, mask)`` from a fusion model's inputs: ``M`` images, optionally followed by
+    a ``(B, M)`` modality mask (1 = present, 0 = missing); the mask is None when not given.
+
+    A row whose mask is all zeros is treated as all present (the manifest check refuses rows
+    without any image, so this only guards hand-made inputs against NaN).
+
+    Raises:
+        ValueError: wrong number or shapes of tensors (see :func:`check_inputs`).
+    """
+    mask = None
+    if len(xs) == expected + 1 and xs[-1].ndim == 2:
+        images, mask = xs[:-1], xs[-1]
+        if mask.shape != (images[0].shape[0], expected):
+            raise ValueError(
+                f"{model}: the modality mask must have shape (B, {expected}) = "
+                f"({images[0].shape[0]}, {expected}), got {tuple(mask.shape)}"
+            )
+        mask = mask.to(images[0].dtype)
+        empty = mask.sum(dim=1, keepdim=True) == 0
+        mask = torch.where(empty, torch.ones_like(mask), mask)
+        xs = images
+    check_inputs(model, xs, expected)
+    return xs, mask
 
 
 def finish(model: _M, *, dp_safe: bool) -> _M:

@@ -13,7 +13,18 @@ Builder contract (every registered model):
 * the returned ``nn.Module`` follows timm's interface: attributes ``num_classes``,
   ``num_features`` and ``num_modalities``; ``forward(*xs)`` takes one ``(B, C, H, W)`` tensor per
   modality and returns logits ``(B, num_classes)``; ``forward_features(*xs)`` returns
-  ``(B, num_features)``; ``forward_head(x, pre_logits=False)``; ``reset_classifier(num_classes)``.
+  ``(B, num_features)``; ``forward_head(x, pre_logits=False)``; ``reset_classifier(num_classes)``;
+* a model registered with ``handles_missing_modalities=True`` also accepts a ``(B, M)``
+  modality mask after its ``M`` images (``forward(*xs, mask)``; 1 = present, 0 = missing).
+
+Each model has a *kind* (``register_model(kind=...)``, default ``"classification"``) that tells the
+training and evaluation path what the model returns and which targets a batch carries
+(:data:`MODEL_KINDS`):
+
+* ``"classification"``: logits ``(B, num_classes)``; target: class index ``(B,)``;
+* ``"segmentation"``: mask logits ``(B, num_classes, H, W)``; target: label map ``(B, 1, H, W)``;
+* ``"segmentation-risk"``: a tuple ``(mask logits (B, K_seg, H, W), risk logits (B, 2))``;
+  targets: label map ``(B, 1, H, W)`` then risk class ``(B,)``.
 """
 
 from __future__ import annotations
@@ -37,6 +48,10 @@ __all__ = [
     "list_models",
     "is_model",
     "model_entrypoint",
+    "handles_missing_modalities",
+    "model_kind",
+    "kind_of",
+    "MODEL_KINDS",
 ]
 
 logger = logging.getLogger(__name__)
@@ -44,6 +59,15 @@ logger = logging.getLogger(__name__)
 ModelBuilder = Callable[..., nn.Module]
 
 _MODELS: dict[str, ModelBuilder] = {}
+_MISSING_OK: set[str] = set()  # models registered with handles_missing_modalities=True
+_KINDS: dict[str, str] = {}
+
+#: model kind -> number of target tensors at the end of each batch (see the module docstring).
+MODEL_KINDS: dict[str, int] = {
+    "classification": 1,
+    "segmentation": 1,
+    "segmentation-risk": 2,
+}
 
 # Modules whose import registers the built-in models. Imported on first lookup so that
 # ``from models._registry import create_model`` works without importing them by hand.
@@ -53,6 +77,7 @@ _BUILTIN_MODEL_MODULES: tuple[str, ...] = (
     "models.clinical",
     "models.cmusnet",
     "models.image_classifier",
+    "models.rusp_net",
 )
 _builtins_loaded = False
 
@@ -65,19 +90,39 @@ class PretrainedWeightsError(ModelConfigError):
     """A pretrained weights file that is missing, unreadable or does not fit the backbone."""
 
 
-def register_model(fn: ModelBuilder) -> ModelBuilder:
+def register_model(
+    fn: ModelBuilder | None = None,
+    *,
+    handles_missing_modalities: bool = False,
+    kind: str = "classification",
+) -> Any:
     """Decorator: register ``fn`` as a model builder under ``fn.__name__``.
+
+    Use it bare (``@register_model``) or with flags
+    (``@register_model(handles_missing_modalities=True)``).
 
     Args:
         fn: builder taking keyword-only options (see the module docstring) and returning an
             ``nn.Module``.
+        handles_missing_modalities: the model accepts a modality mask ``(B, M)`` (1 = present)
+            as an extra input after its ``M`` images and leaves a missing modality out of the
+            fusion; rows with an empty modality cell are then allowed (see
+            :func:`handles_missing_modalities`). Default False: such rows are refused when the
+            manifest is checked.
+        kind: what the model predicts, one of :data:`MODEL_KINDS`. Default "classification".
 
     Returns:
         ``fn`` unchanged, so the builder can still be called directly.
 
     Raises:
         ValueError: another builder is already registered under the same name.
+        UnknownOptionError: ``kind`` is not a known kind.
     """
+    look_up_option("model kind", kind, MODEL_KINDS)
+    if fn is None:
+        return lambda f: register_model(
+            f, handles_missing_modalities=handles_missing_modalities, kind=kind
+        )
     name = fn.__name__
     existing = _MODELS.get(name)
     if existing is not None and (existing.__module__, existing.__qualname__) != (
@@ -89,6 +134,11 @@ def register_model(fn: ModelBuilder) -> ModelBuilder:
             "pick another builder name"
         )
     _MODELS[name] = fn
+    _KINDS[name] = kind
+    if handles_missing_modalities:
+        _MISSING_OK.add(name)
+    else:
+        _MISSING_OK.discard(name)
     return fn
 
 
@@ -132,6 +182,30 @@ def model_entrypoint(name: str) -> ModelBuilder:
     """
     _load_builtin_models()
     return _MODELS[look_up_option("model", _canonical(name), _MODELS)]
+
+
+def model_kind(name: str) -> str:
+    """The kind of the registered model ``name`` (a key of :data:`MODEL_KINDS`)."""
+    return _KINDS[model_entrypoint(name).__name__]
+
+
+def kind_of(model: nn.Module) -> str:
+    """The kind of a built model (its ``kind`` attribute; Opacus wrappers are looked through)."""
+    inner = getattr(model, "_module", model)  # opacus.GradSampleModule keeps the model there
+    return str(getattr(inner, "kind", "classification"))
+
+
+def handles_missing_modalities(name: str) -> bool:
+    """Whether model ``name`` takes rows with a missing modality (an empty manifest cell).
+
+    Such a model accepts a ``(B, M)`` modality mask (1 = present, 0 = missing) after its ``M``
+    image tensors and masks the missing branch out of its fusion; the dataset then adds the
+    mask to every item. Other models refuse such rows when the manifest is checked.
+
+    Raises:
+        UnknownOptionError: ``name`` is not registered (with "did you mean").
+    """
+    return model_entrypoint(name).__name__ in _MISSING_OK
 
 
 def _option_problems(name: str, builder: ModelBuilder, kwargs: dict[str, Any]) -> list[str]:

@@ -8,11 +8,11 @@ import os
 
 from torch import nn
 
-from models._registry import ModelConfigError, create_model, model_entrypoint
+from models._registry import ModelConfigError, create_model, model_entrypoint, model_kind
 from models.clinical import clinical_input_width
 from models.tasks import TaskSpec
 
-__all__ = ["create_model_for_task", "model_kwargs_for_task"]
+__all__ = ["create_model_for_task", "model_kwargs_for_task", "task_kind"]
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +29,13 @@ _TASK_OWNED_OPTIONS = frozenset(
         "pretrained_path",
     }
 )
+
+
+def task_kind(task: TaskSpec) -> str:
+    """The kind of the task's model (``models._registry.MODEL_KINDS``): ``"classification"``,
+    ``"segmentation"`` (a ``mask`` column is the target) or ``"segmentation-risk"`` (``mask``
+    and ``label``)."""
+    return model_kind(task.model)
 
 
 def model_kwargs_for_task(
@@ -83,7 +90,7 @@ def model_kwargs_for_task(
         )
     if "num_modalities" in params:
         kwargs["num_modalities"] = len(task.modalities)
-    elif takes_features:
+    elif takes_features and model_kind(task.model) == "classification":
         if task.modalities:
             problems.append(
                 f"model {task.model!r} takes no image but the task has modalities "

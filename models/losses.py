@@ -26,10 +26,19 @@ from collections.abc import Sequence
 from numbers import Integral, Real
 
 import torch
+from monai.losses import DiceCELoss
 from monai.losses import FocalLoss as _MonaiFocalLoss
 from torch import nn
 
-__all__ = ["SoftmaxFocalLoss", "build_focal_loss", "class_balance_weights", "model_loss"]
+__all__ = [
+    "DFSLoss",
+    "SegmentationLoss",
+    "SoftmaxFocalLoss",
+    "build_focal_loss",
+    "build_loss",
+    "class_balance_weights",
+    "model_loss",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -190,6 +199,79 @@ def build_focal_loss(
     """
     weights = None if class_counts is None else class_balance_weights(class_counts)
     return SoftmaxFocalLoss(gamma=gamma, class_weights=weights)
+
+
+class SegmentationLoss(nn.Module):
+    """Dice + cross-entropy on mask logits (MONAI's ``DiceCELoss``, softmax, one-hot target).
+
+    ``forward(mask_logits (B, K, H, W), mask (B, 1, H, W) int) -> scalar``. The Dice term is
+    computed per image and averaged over the batch (``batch=False``), so the loss is a mean of
+    per-sample losses as Opacus assumes.
+
+    Args:
+        lambda_dice: weight of the Dice term. Default 1.0.
+        lambda_ce: weight of the cross-entropy term. Default 1.0.
+    """
+
+    def __init__(self, *, lambda_dice: float = 1.0, lambda_ce: float = 1.0) -> None:
+        super().__init__()
+        self.dice_ce = DiceCELoss(
+            to_onehot_y=True, softmax=True, lambda_dice=lambda_dice, lambda_ce=lambda_ce
+        )
+
+    def forward(self, mask_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.dice_ce(mask_logits, mask.long())
+
+
+class DFSLoss(nn.Module):
+    """The DFS model's combined loss: Dice-CE on the mask + ``risk_weight`` x BCE on the risk.
+
+    ``forward((mask_logits, risk_logits), mask, risk) -> scalar``. With binary risk logits
+    ``[0, z]`` the cross-entropy equals the BCE of ``sigmoid(z)``.
+
+    Args:
+        risk_weight: weight of the risk term. Default 1.0.
+    """
+
+    def __init__(self, *, risk_weight: float = 1.0) -> None:
+        super().__init__()
+        if not risk_weight >= 0:
+            raise ValueError(f"risk_weight must be >= 0, got {risk_weight!r}")
+        self.segmentation = SegmentationLoss()
+        self.risk_weight = float(risk_weight)
+
+    def forward(
+        self, outputs: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor, risk: torch.Tensor
+    ) -> torch.Tensor:
+        mask_logits, risk_logits = outputs
+        risk_loss = nn.functional.cross_entropy(risk_logits, risk.long())
+        return self.segmentation(mask_logits, mask) + self.risk_weight * risk_loss
+
+
+def build_loss(
+    kind: str, *, focal_gamma: float = 2.0, class_counts: Sequence[int] | None = None
+) -> nn.Module:
+    """The training loss for a model kind (see ``models._registry.MODEL_KINDS``).
+
+    Args:
+        kind: ``"classification"`` (class-balanced focal loss), ``"segmentation"``
+            (:class:`SegmentationLoss`) or ``"segmentation-risk"`` (:class:`DFSLoss`).
+        focal_gamma: focal loss gamma (classification only). Default 2.0.
+        class_counts: training rows per class, for the focal loss' weights (classification).
+
+    Returns:
+        A module called as ``loss(model_output, *targets)``.
+    """
+    if kind == "segmentation":
+        return SegmentationLoss()
+    if kind == "segmentation-risk":
+        return DFSLoss()
+    if kind != "classification":
+        raise ValueError(
+            f"unknown model kind {kind!r}; use classification, segmentation or segmentation-risk"
+        )
+    counts = list(class_counts) if class_counts is not None else None
+    return build_focal_loss(gamma=focal_gamma, class_counts=counts)
 
 
 def model_loss(

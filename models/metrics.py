@@ -71,6 +71,8 @@ from typing import Any
 import numpy as np
 from scipy.stats import norm, rankdata
 
+from models.seg_metrics import SegmentationSums
+
 __all__ = [
     "MetricsInputError",
     "MetricValue",
@@ -461,6 +463,9 @@ class ScoreSummary:
         confusion: int64, shape (K, K), rows true class, columns argmax-predicted class.
         loss_sum: sum of the per-sample losses (``loss_sum / n`` is the mean loss).
         n: number of samples.
+        segmentation: per-image Dice / IoU sums of a segmentation model
+            (:class:`models.seg_metrics.SegmentationSums`); None for classification models.
+            Adds ``dice`` and ``iou`` to :func:`summary_metrics`.
 
     Raises:
         MetricsInputError: when the fields are inconsistent (shapes, negative counts, totals).
@@ -470,6 +475,7 @@ class ScoreSummary:
     confusion: np.ndarray
     loss_sum: float
     n: int
+    segmentation: SegmentationSums | None = None
 
     def __post_init__(self) -> None:
         hist = np.array(self.hist, dtype=np.int64)
@@ -555,11 +561,16 @@ class ScoreSummary:
                 f"{self.hist.shape} and {other.hist.shape}; every site must use the same "
                 "classes and number of bins"
             )
+        if self.segmentation is None or other.segmentation is None:
+            segmentation = self.segmentation or other.segmentation
+        else:
+            segmentation = self.segmentation + other.segmentation
         return ScoreSummary(
             hist=self.hist + other.hist,
             confusion=self.confusion + other.confusion,
             loss_sum=self.loss_sum + other.loss_sum,
             n=self.n + other.n,
+            segmentation=segmentation,
         )
 
     def __radd__(self, other: object) -> ScoreSummary:
@@ -577,6 +588,7 @@ class ScoreSummary:
             and bool(np.array_equal(self.confusion, other.confusion))
             and self.loss_sum == other.loss_sum
             and self.n == other.n
+            and self.segmentation == other.segmentation
         )
 
     __hash__ = None  # type: ignore[assignment]
@@ -596,13 +608,16 @@ class ScoreSummary:
                 (e.g. ``"val-summary"``) in one record.
         """
         k, b = self.num_classes, self.n_bins
-        return {
+        record: dict[str, int | float | list[int]] = {
             f"{prefix}-shape": [k, b],
             f"{prefix}-hist": self.hist.ravel().tolist(),
             f"{prefix}-confusion": self.confusion.ravel().tolist(),
             f"{prefix}-loss-sum": float(self.loss_sum),
             f"{prefix}-n": int(self.n),
         }
+        if self.segmentation is not None:
+            record.update(self.segmentation.to_record(prefix=prefix))
+        return record
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any], *, prefix: str = "summary") -> ScoreSummary:
@@ -659,9 +674,19 @@ class ScoreSummary:
             "n": key["n"],
         }
         problems = _summary_problems(hist, confusion, float(loss_sum), int(n), names)
+        try:
+            segmentation = SegmentationSums.from_record(record, prefix=prefix)
+        except ValueError as err:
+            problems.append(str(err))
         if problems:
             raise MetricsInputError("invalid ScoreSummary record: " + "; ".join(problems))
-        return cls(hist=hist, confusion=confusion, loss_sum=float(loss_sum), n=int(n))
+        return cls(
+            hist=hist,
+            confusion=confusion,
+            loss_sum=float(loss_sum),
+            n=int(n),
+            segmentation=segmentation,
+        )
 
 
 def _check_bins(n_bins: int) -> None:
@@ -769,6 +794,8 @@ def summary_metrics(summary: ScoreSummary, *, positive: int = 1) -> dict[str, Me
     auc, var = _summary_auc_var(summary)
     out = _assemble(summary.confusion, auc, var, positive)
     out["loss"] = float(_safe_div(summary.loss_sum, summary.n))
+    if summary.segmentation is not None:
+        out.update(summary.segmentation.metrics())
     return out
 
 

@@ -19,7 +19,14 @@ import os
 import torch
 from torch import nn
 
-from models._heads import ClassifierHead, check_drop_rate, check_inputs, check_num_classes, finish
+from models._heads import (
+    ClassifierHead,
+    check_drop_rate,
+    check_inputs,
+    check_num_classes,
+    finish,
+    split_modality_mask,
+)
 from models._registry import ModelConfigError, register_model
 from models.backbones import backbone_out_features, create_backbone
 
@@ -99,7 +106,7 @@ class MUFNet(ClassifierHead):
         self._init_head(num_classes=num_classes, drop_rate=drop_rate)
 
     def _fuse(self, xs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-        check_inputs("mufnet", xs, self.num_modalities)
+        xs, mask = split_modality_mask("mufnet", xs, self.num_modalities)
         if self.joint_batch:
             batch = xs[0].shape[0]
             joint = self.backbone(torch.cat(xs, dim=0))  # (M*B, D), modality-major
@@ -107,16 +114,22 @@ class MUFNet(ClassifierHead):
         else:
             feats = torch.stack([self.backbone(x) for x in xs], dim=1)  # (B, M, D)
         scores = torch.cat([self.attention(feats[:, m]) for m in range(len(xs))], dim=1)
+        if mask is not None:  # a missing modality gets weight 0; the others renormalise
+            scores = scores.masked_fill(mask == 0, float("-inf"))
         weights = scores.softmax(dim=1)  # (B, M), each row sums to 1
         fused = (weights.unsqueeze(-1) * feats).sum(dim=1)  # (B, D)
         return fused, weights
 
     def forward_features(self, *xs: torch.Tensor) -> torch.Tensor:
-        """Fused features ``(B, num_features)`` from one ``(B, C, H, W)`` tensor per modality."""
+        """Fused features ``(B, num_features)`` from one ``(B, C, H, W)`` tensor per modality,
+        optionally followed by a ``(B, M)`` modality mask (1 = present): a missing modality's
+        attention weight is 0 and the present modalities' weights are renormalised to sum to 1.
+        """
         return self._fuse(xs)[0]
 
     def fusion_weights(self, *xs: torch.Tensor) -> torch.Tensor:
-        """Per-sample modality weights ``(B, M)`` (alpha, beta, ...), each row summing to 1.
+        """Per-sample modality weights ``(B, M)`` (alpha, beta, ...), each row summing to 1
+        (0 for a modality the optional mask marks missing).
 
         Runs the backbone; call under ``torch.no_grad()`` and in eval mode for interpretation.
         """
@@ -157,7 +170,7 @@ class SingleModalityNet(ClassifierHead):
         return self.backbone(xs[0])
 
 
-@register_model
+@register_model(handles_missing_modalities=True)
 def mufnet(
     *,
     num_classes: int,

@@ -21,7 +21,13 @@ import os
 import torch
 from torch import nn
 
-from models._heads import ClassifierHead, check_drop_rate, check_inputs, check_num_classes, finish
+from models._heads import (
+    ClassifierHead,
+    check_drop_rate,
+    check_num_classes,
+    finish,
+    split_modality_mask,
+)
 from models._registry import ModelConfigError, register_model
 from models.backbones import backbone_out_features, create_backbone
 
@@ -79,16 +85,27 @@ class ResNetFusionNet(ClassifierHead):
         self._init_head(num_classes=num_classes, drop_rate=drop_rate)
 
     def modality_features(self, *xs: torch.Tensor) -> torch.Tensor:
-        """Per-modality pooled features ``(B, M, D)`` from one ``(B, C, H, W)`` tensor each."""
-        check_inputs("resnet_fusion", xs, self.num_modalities)
-        return torch.stack([net(x) for net, x in zip(self.backbones, xs, strict=True)], dim=1)
+        """Per-modality pooled features ``(B, M, D)`` from one ``(B, C, H, W)`` tensor each,
+        optionally followed by a ``(B, M)`` modality mask (1 = present, 0 = missing).
+
+        With a mask, a missing modality's features are zeroed and the present ones are scaled
+        by ``M / (number present)`` (as inverted dropout), so the fused vector keeps its scale
+        and the classifier sees only the modalities the row has.
+        """
+        images, mask = split_modality_mask("resnet_fusion", xs, self.num_modalities)
+        feats = torch.stack([net(x) for net, x in zip(self.backbones, images, strict=True)], dim=1)
+        if mask is None:
+            return feats
+        scale = mask * (self.num_modalities / mask.sum(dim=1, keepdim=True))  # (B, M)
+        return feats * scale.unsqueeze(-1)
 
     def forward_features(self, *xs: torch.Tensor) -> torch.Tensor:
-        """Fused features ``(B, M * D)`` from one ``(B, C, H, W)`` tensor per modality."""
+        """Fused features ``(B, M * D)`` from one ``(B, C, H, W)`` tensor per modality (and
+        the optional ``(B, M)`` modality mask, see :meth:`modality_features`)."""
         return self.modality_features(*xs).flatten(1)
 
 
-@register_model
+@register_model(handles_missing_modalities=True)
 def resnet_fusion(
     *,
     num_classes: int,

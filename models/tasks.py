@@ -107,6 +107,26 @@ class TaskSpec:
         kept = {k: v for k, v in changes.items() if v not in (None, "", 0, ())}
         return dataclasses.replace(self, **kept)  # type: ignore[arg-type]
 
+    def with_model_options(self, text: str) -> TaskSpec:
+        """A copy whose ``model_kwargs`` are updated from ``"key=value key=value"`` (the run
+        config's ``model-options``, e.g. ``"top_k=2 loss_weights=0.5,0.5,0.5,1"``); values that
+        read as int, float or true/false become one, the rest stay strings.
+
+        Raises:
+            ValueError: an item is not ``key=value``.
+        """
+        options = dict(self.model_kwargs)
+        problems = []
+        for item in text.split():
+            key, sep, value = item.partition("=")
+            if not sep or not key or not value:
+                problems.append(f"expected key=value, got {item!r}")
+                continue
+            options[key] = _option_value(value)
+        if problems:
+            raise ValueError(f"model-options {text!r}: " + "; ".join(problems))
+        return dataclasses.replace(self, model_kwargs=options) if text.strip() else self
+
     def to_dict(self) -> dict[str, object]:
         out = dataclasses.asdict(self)
         for key in ("modalities", "classes", "features", "bags"):
@@ -143,18 +163,19 @@ class TaskSpec:
         for key, value in data.items():
             if key not in known:
                 continue
-            if key in ("modalities", "classes", "features"):
+            kind = str(known[key].type)
+            if kind.startswith("tuple"):
                 if not isinstance(value, list | tuple) or not all(
                     isinstance(v, str) and v for v in value
                 ):
                     problems.append(f"{key!r} must be a list of non-empty strings, got {value!r}")
                     continue
                 value = tuple(value)
-            elif key in ("image_size", "in_chans"):
+            elif kind == "int":
                 if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                     problems.append(f"{key!r} must be an integer >= 0, got {value!r}")
                     continue
-            elif key in ("model_kwargs", "categories"):
+            elif kind.startswith("dict"):
                 if not isinstance(value, dict):
                     problems.append(f"{key!r} must be an object, got {value!r}")
                     continue
@@ -183,6 +204,17 @@ class TaskSpec:
         except json.JSONDecodeError as err:
             raise TaskDefinitionError(f"{source}: not valid JSON: {err}") from err
         return cls.from_dict(data, source=source)
+
+
+def _option_value(text: str) -> object:
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 _TASKS: dict[str, TaskSpec] = {}
@@ -249,6 +281,19 @@ register_task(
         description="RCC WHO/ISUP grade (low G1-G2 vs high G3-G4) from B-mode + CEUS (MUF-Net)",
     )
 )
+# The study's single-modality baselines: the same grades from B-mode or CEUS alone.
+for _modality in ("bmode", "ceus"):
+    register_task(
+        TaskSpec(
+            name=f"rcc-grading-{_modality}",
+            model="single_modality",
+            modalities=(_modality,),
+            classes=("low", "high"),
+            image_size=300,
+            backbone="efficientnet_b3",
+            description=f"RCC WHO/ISUP grade from {_modality} alone (single-modality baseline)",
+        )
+    )
 
 # Cervical lymph nodes, three hospitals: 2D grey-scale, colour Doppler (CDFI) and elastography
 # ultrasound; an ImageNet-style ResNet per modality, fused (see models.resnet_fusion).
@@ -318,3 +363,52 @@ for _suffix, _model, _kwargs, _what in (
         )
     )
 del _suffix, _model, _kwargs, _what
+
+# Kidney tumour on 2D CT slices (the DFS study): RUSP-Net segments the tumour; the DFS model
+# also reads the clinical record with the study's GRU and fuses both into a CKD risk. The
+# manifest's ``mask`` column holds each slice's label map (0 background, 1 tumour).
+register_task(
+    TaskSpec(
+        name="kidney-tumour-dfs",
+        model="dfs",
+        modalities=("ct",),
+        classes=("notckd", "ckd"),
+        image_size=256,
+        backbone="",
+        in_chans=1,
+        features=_CKD_FEATURES,
+        categories=_CKD_CATEGORIES,
+        model_kwargs={"drop_rate": 0.2},
+        description="kidney tumour mask (RUSP-Net) + CKD risk from CT slice and 24 clinical "
+        "features (GRU), fused (DFS)",
+    )
+)
+register_task(
+    TaskSpec(
+        name="kidney-tumour-seg",
+        model="rusp_net",
+        modalities=("ct",),
+        classes=("background", "tumour"),
+        image_size=256,
+        backbone="",
+        in_chans=1,
+        description="kidney tumour segmentation of 2D CT slices (RUSP-Net); label = whether "
+        "the slice shows tumour",
+    )
+)
+# Glomerular disease (CMUS-Net): a bag of transmission electron microscopy fields, one light
+# microscopy (OM) and one immunofluorescence (IM) image per biopsy (see models.cmusnet).
+register_task(
+    TaskSpec(
+        name="glomerular-disease",
+        model="cmusnet",
+        modalities=("tem", "om", "im"),
+        bags=("tem",),
+        classes=("IgAN", "MN", "LN"),
+        image_size=224,
+        backbone="resnet10t",
+        model_kwargs={"top_k": 3, "loss_weights": "0.3,0.3,0.3,1.0"},
+        description="glomerular disease: IgAN / MN / LN from a TEM bag + light + "
+        "immunofluorescence microscopy (CMUS-Net)",
+    )
+)

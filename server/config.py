@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from models.tasks import TaskSpec, get_task
+from server.config_checks import misspelt_keys, option_problems
 from server.secagg_config import secagg_problems
 
 __all__ = ["RunConfig", "RunConfigError", "CLIENT_KEYS", "UPDATE_DTYPES"]
@@ -21,6 +22,8 @@ _log = logging.getLogger(__name__)
 
 # Names of strategies.factory.STRATEGIES (kept here so the config does not import Flower).
 _STRATEGY_NAMES = ("fedavg", "fedprox", "fedbn", "fedadam", "fedyogi")
+_ROBUST_NAMES = ("fedmedian", "fedtrimmedavg", "krum")  # robust aggregation (issue 8)
+_STRATEGY_NAMES += _ROBUST_NAMES
 
 
 class RunConfigError(ValueError):
@@ -52,6 +55,7 @@ CLIENT_KEYS = (
     "dp-epsilon",
     "dp-delta",
     "dp-max-grad-norm",
+    "model-options",
     "update-dtype",
 )
 
@@ -69,6 +73,7 @@ class RunConfig:
     task_json: str = ""
     backbone: str = ""
     image_size: int = 0
+    model_options: str = ""  # "key=value ..." over the task's model_kwargs (e.g. "top_k=2")
     num_server_rounds: int = 3
     local_epochs: int = 1
     batch_size: int = 16
@@ -113,6 +118,12 @@ class RunConfig:
     out_dir: str = ""
     db_url: str = ""  # run store (SQLAlchemy URL or SQLite path); "" = no store
     run_name: str = ""  # the run's label in the run store and dashboard
+    # Reliability (docs/reliability.md)
+    min_answers: int = 1  # fewest usable updates that make a round; fewer keep the model
+    update_norm_factor: float = 10.0  # reject updates > this x the round's median norm; 0 = off
+    trim_beta: float = 0.2  # fedtrimmedavg: fraction cut at each end
+    krum_malicious: int = 1  # krum: sites assumed malicious (f)
+    resume_run: str = ""  # continue this run: its out-dir, or its id in the run store at db-url
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, object]) -> RunConfig:
@@ -127,7 +138,7 @@ class RunConfig:
         for key, value in raw.items():
             name = key.replace("-", "_")
             if name not in fields:
-                if not key.startswith(("sim-", "num-workers")):
+                if not key.startswith(("sim-", "num-workers", "poison-")):
                     _log.debug("run config key %r is not used by the server", key)
                 continue
             default = fields[name].default
@@ -135,10 +146,18 @@ class RunConfig:
                 values[name] = _coerce(value, type(default))
             except (TypeError, ValueError):
                 problems.append(f"{key}: expected {type(default).__name__}, got {value!r}")
+        misspelt = misspelt_keys(raw, {name.replace("_", "-") for name in fields})
         if problems:
-            raise RunConfigError("invalid run config: " + "; ".join(problems))
+            raise RunConfigError("invalid run config: " + "; ".join(problems + misspelt))
         config = cls(**values)  # type: ignore[arg-type]
-        config.validate()
+        try:
+            config.validate()
+        except RunConfigError as err:
+            if not misspelt:
+                raise
+            raise RunConfigError(f"{err}; " + "; ".join(misspelt)) from None
+        if misspelt:
+            raise RunConfigError("invalid run config: " + "; ".join(misspelt))
         return config
 
     def validate(self) -> None:
@@ -211,9 +230,26 @@ class RunConfig:
             ),
         ]
         problems = [message for ok, message in checks if not ok]
-        if self.strategy not in _STRATEGY_NAMES:
+        problems += option_problems(self, strategies=_STRATEGY_NAMES)  # names, combinations
+        if self.min_answers < 1:
+            problems.append(f"min-answers must be >= 1, got {self.min_answers}")
+        if not (self.update_norm_factor == 0 or self.update_norm_factor > 1):
             problems.append(
-                f"strategy must be one of {', '.join(_STRATEGY_NAMES)}, got {self.strategy!r}"
+                f"update-norm-factor must be 0 (off) or > 1, got {self.update_norm_factor}"
+            )
+        if not 0 <= self.trim_beta < 0.5:
+            problems.append(f"trim-beta must be in [0, 0.5), got {self.trim_beta}")
+        if self.krum_malicious < 0:
+            problems.append(f"krum-malicious must be >= 0, got {self.krum_malicious}")
+        if self.strategy in _ROBUST_NAMES and self.update_dtype != "float32":
+            problems.append(
+                f"strategy {self.strategy} needs update-dtype float32: it aggregates the sites' "
+                "weights, not the float16 differences that update-dtype float16 sends"
+            )
+        if self.strategy in _ROBUST_NAMES and self.central_dp:
+            problems.append(
+                f"strategy {self.strategy} cannot run with central DP: the DP noise is "
+                "calibrated for a plain mean of clipped updates"
             )
         if self.proximal_mu < 0:
             problems.append(f"proximal-mu must be >= 0, got {self.proximal_mu}")
@@ -237,7 +273,7 @@ class RunConfig:
         if self.strategy == "fedprox" and self.proximal_mu == 0:
             _log.warning("strategy fedprox with proximal-mu 0 is FedAvg")
         try:
-            self._base_task()
+            self._base_task().with_model_options(self.model_options)
         except ValueError as err:
             problems.append(str(err))
         if problems:
@@ -250,8 +286,9 @@ class RunConfig:
 
     def task_spec(self) -> TaskSpec:
         """The task (the preset, or the ad-hoc ``task-json``) with this run's backbone /
-        image-size overrides applied."""
-        return self._base_task().replace(backbone=self.backbone, image_size=self.image_size)
+        image-size overrides and ``model-options`` applied."""
+        task = self._base_task().replace(backbone=self.backbone, image_size=self.image_size)
+        return task.with_model_options(self.model_options)
 
     @property
     def uses_dp_model(self) -> bool:

@@ -306,6 +306,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="print the command and exit without running it"
     )
     start.set_defaults(func=run_start, handler=run_start)
+    from server.resume_cli import register_resume
+
+    register_resume(commands)
     return server
 
 

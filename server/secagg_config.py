@@ -26,6 +26,16 @@ __all__ = ["SECAGG_MODULUS", "secagg_problems"]
 #: Flower's default (and documented largest) SecAgg+ modulus.
 SECAGG_MODULUS = 2**32
 _INT32_LIMIT = 2**31
+# Robust aggregators look at every site's update (distances, coordinate-wise order statistics).
+_NEEDS_INDIVIDUAL_UPDATES = (
+    "krum",
+    "multikrum",
+    "median",
+    "fedmedian",
+    "trimmed-mean",
+    "trimmedmean",
+    "fedtrimmedavg",
+)
 
 
 def secagg_problems(config: RunConfig) -> list[str]:
@@ -34,9 +44,14 @@ def secagg_problems(config: RunConfig) -> list[str]:
         return []
     problems: list[str] = []
     if config.strategy != "fedavg":
+        individual = (
+            "it needs each site's own update, and secure aggregation shows the server only "
+            "the sum (use robust aggregation or secagg, not both)"
+        )
         why = {
             "fedbn": "FedBN keeps normalisation layers local, which the masked vector of "
             "SecAgg+ (every array of the model) does not allow for",
+            **dict.fromkeys(_NEEDS_INDIVIDUAL_UPDATES, individual),
         }.get(config.strategy, "the secure path aggregates with FedAvg only")
         problems.append(f"secagg runs only with strategy fedavg, got {config.strategy!r}: {why}")
     if config.central_dp:

@@ -55,6 +55,7 @@ def _train_and_track(
     evaluate_on: dict[str, Manifest],
     config: RunConfig,
     on_round_end: RoundCallback | None,
+    save_to: Path | None = None,
 ) -> tuple[RunHistory, float]:
     task = config.task_spec()
     torch.manual_seed(config.seed)  # the same initial model as the federation's
@@ -105,23 +106,42 @@ def _train_and_track(
         record.seconds = time.perf_counter() - round_started
         if on_round_end is not None:
             on_round_end(name, record)
+    if save_to is not None:  # the final model, like a federation's global_model.pt
+        save_to.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(model.state_dict(), save_to)
     return history, time.perf_counter() - started
 
 
 def run_local(
-    manifests: dict[str, Manifest], config: RunConfig, *, on_round_end: RoundCallback | None = None
+    manifests: dict[str, Manifest],
+    config: RunConfig,
+    *,
+    on_round_end: RoundCallback | None = None,
+    save_dir: Path | None = None,
 ) -> dict[str, tuple[RunHistory, float]]:
-    """``local:<site>`` for every site: trained alone, evaluated on every site."""
+    """``local:<site>`` for every site: trained alone, evaluated on every site.
+
+    With ``save_dir``, each final model goes to ``save_dir/<site>/global_model.pt``.
+    """
     return {
         f"local:{site}": _train_and_track(
-            f"local:{site}", manifest, manifests, config, on_round_end
+            f"local:{site}",
+            manifest,
+            manifests,
+            config,
+            on_round_end,
+            save_dir / site / "global_model.pt" if save_dir else None,
         )
         for site, manifest in manifests.items()
     }
 
 
 def run_pooled(
-    manifests: dict[str, Manifest], config: RunConfig, *, on_round_end: RoundCallback | None = None
+    manifests: dict[str, Manifest],
+    config: RunConfig,
+    *,
+    on_round_end: RoundCallback | None = None,
+    save_to: Path | None = None,
 ) -> tuple[RunHistory, float]:
     """One model on the union of the sites' training rows, evaluated on every site."""
-    return _train_and_track("pooled", _pooled(manifests), manifests, config, on_round_end)
+    return _train_and_track("pooled", _pooled(manifests), manifests, config, on_round_end, save_to)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import shlex
 import sys
 from collections.abc import Sequence
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -40,6 +42,23 @@ def _parse_overrides(pairs: Sequence[str]) -> dict[str, object]:
             if not sep or not key:
                 raise SystemExit(f"--run-config expects key=value, got {item!r}")
             out[key.strip()] = _parse_value(value.strip())
+    return out
+
+
+def _parse_site_epsilon(values: list[str]) -> dict[str, float]:
+    """``["center-b=0.5", ...]`` -> ``{"center-b": 0.5}`` (``--site-dp-epsilon``)."""
+    out: dict[str, float] = {}
+    for value in values:
+        site, sep, number = value.partition("=")
+        try:
+            epsilon = float(number)
+        except ValueError:
+            epsilon = math.nan
+        if not sep or not site.strip() or not epsilon > 0:
+            raise SystemExit(
+                f"--site-dp-epsilon expects SITE=EPSILON with EPSILON > 0, got {value!r}"
+            )
+        out[site.strip()] = epsilon
     return out
 
 
@@ -92,10 +111,22 @@ def _add_simulate(subparsers: argparse._SubParsersAction) -> None:
         "--dp-epsilon", type=float, help="give every simulated site this DP budget (local DP-SGD)"
     )
     p.add_argument(
+        "--site-dp-epsilon",
+        action="append",
+        default=[],
+        metavar="SITE=E",
+        help="one simulated site's own DP budget, over --dp-epsilon (repeatable)",
+    )
+    p.add_argument(
         "--dp-delta", type=float, default=1e-5, help="delta of the sites' DP budget (default 1e-5)"
     )
     p.add_argument(
         "--dp-max-grad-norm", type=float, default=1.0, help="per-sample clipping norm (default 1.0)"
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a crashed simulation in --out from each method's last finished round",
     )
     adhoc = p.add_argument_group(
         "ad-hoc task (any manifest that follows the contract; see docs/tasks.md)",
@@ -124,12 +155,63 @@ def _add_simulate(subparsers: argparse._SubParsersAction) -> None:
         help="run store for `fedfusion dashboard`: SQLite path "
         "or SQLAlchemy URL (default OUT/runs.sqlite; 'none' for no store)",
     )
+    _add_experiment_args(p)
     p.set_defaults(handler=_run_simulate)
 
 
+def _add_experiment_args(p: argparse.ArgumentParser) -> None:
+    """Repetitions, partitions, single-modality variants, Ray resources (simulation.experiment)."""
+    g = p.add_argument_group("experiment (docs/simulation.md)")
+    g.add_argument("--folds", type=int, default=1, help="patient-level K-fold CV within each site")
+    g.add_argument("--seeds", help="comma-separated repetition seeds, e.g. 0,1,2 (default --seed)")
+    g.add_argument(
+        "--partition",
+        default="natural",
+        help="natural (the site column), iid, dirichlet:ALPHA or quantity:ALPHA",
+    )
+    g.add_argument("--sites", type=int, help="number of sites for a partition")
+    g.add_argument(
+        "--intensity-shift", type=float, default=0.0, help="per-site scanner shift scale (0: none)"
+    )
+    g.add_argument("--missing-modality", help="MODALITY:K: the last K sites lack MODALITY")
+    g.add_argument(
+        "--single-modality",
+        default="auto",
+        help="train single-modality variants with this method ('none' = no; default: the "
+        "scenario's, when methods are compared)",
+    )
+    g.add_argument("--client-cpus", type=float, default=1.0, help="Ray CPUs per site (default 1)")
+    g.add_argument("--client-gpus", type=float, default=0.0, help="Ray GPUs per site (default 0)")
+
+
+def _experiment_options(args: argparse.Namespace, scenario) -> object:  # type: ignore[no-untyped-def]
+    from simulation.experiment import ExperimentOptions
+    from simulation.partition import parse_partition
+
+    seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip()) if args.seeds else ()
+    single = args.single_modality
+    if single == "auto":  # the scenario's choice, when methods are compared and it is one
+        methods = [m.strip() for m in args.methods.split(",")]
+        compared = len(methods) > 1 or args.folds > 1
+        single = scenario.experiment.get("single-modality") if compared else None
+        single = single if single in methods else None
+    return ExperimentOptions(
+        folds=args.folds,
+        seeds=seeds,
+        partition=parse_partition(
+            args.partition,
+            sites=args.sites,
+            intensity_shift=args.intensity_shift,
+            missing=args.missing_modality,
+        ),
+        single_modality=None if single in (None, "", "none") else str(single),
+    )
+
+
 def _run_simulate(args: argparse.Namespace) -> int:
-    from simulation.report import COMPARISON_HEADER, comparison_rows, metric_table, write_report
-    from simulation.runner import SimulationOptions, simulate
+    from simulation.experiment import run_experiment
+    from simulation.report import COMPARISON_HEADER, comparison_rows, metric_table
+    from simulation.runner import SimulationOptions
 
     scenario, task, manifest = _scenario_and_task(args)
     overrides = _parse_overrides(args.run_config)
@@ -153,8 +235,11 @@ def _run_simulate(args: argparse.Namespace) -> int:
         overrides=overrides,
         task=task,
         cpus=args.cpus,
+        cpus_per_site=args.client_cpus,
+        client_gpus=args.client_gpus,
         ray_address=args.ray_address,
         verbose=args.verbose,
+        resume=args.resume,
         site_budget=(
             {
                 "dp-epsilon": args.dp_epsilon,
@@ -164,8 +249,11 @@ def _run_simulate(args: argparse.Namespace) -> int:
             if args.dp_epsilon
             else None
         ),
+        site_epsilon=_parse_site_epsilon(args.site_dp_epsilon),
     )
+    experiment = _experiment_options(args, scenario)
     planned = args.rounds or int(scenario.run.get("num-server-rounds", 3))
+    repeats = max(1, experiment.folds) * max(1, len(experiment.seeds))  # type: ignore[attr-defined]
     _console.print(f"[bold]fedfusion simulate[/] {scenario.name}: {scenario.description}")
     with Progress(
         TextColumn("{task.description}"),
@@ -179,18 +267,38 @@ def _run_simulate(args: argparse.Namespace) -> int:
 
         def on_round(method: str, record) -> None:  # type: ignore[no-untyped-def]
             if method not in bars:
-                bars[method] = progress.add_task(method, total=planned)
+                bars[method] = progress.add_task(escape(method), total=planned * repeats)
             auc = record.global_metrics.get("auc")
             note = (
                 f"{method}: round {record.round} global AUC {auc:.3f}"
                 if isinstance(auc, float)
                 else method
             )
-            progress.update(bars[method], completed=record.round, description=note)
+            progress.update(bars[method], advance=1, description=escape(note))
 
-        results = simulate(scenario, options, on_round_end=on_round)
+        reps_bar = progress.add_task("repetitions", total=repeats) if repeats > 1 else None
 
-    report = write_report(results, args.out, command=args.command_line)
+        def on_repetition(index: int, count: int, rep) -> None:  # type: ignore[no-untyped-def]
+            if reps_bar is not None:
+                progress.update(reps_bar, completed=index, description=f"repetition: {rep.label}")
+
+        results = run_experiment(
+            scenario,
+            options,
+            experiment,  # type: ignore[arg-type]
+            on_round_end=on_round,
+            on_repetition=on_repetition,
+            command=args.command_line,
+        )
+        if reps_bar is not None:
+            progress.update(reps_bar, completed=repeats, description="repetitions")
+
+    report = args.out / "report.md"
+    if experiment.folds > 1 or len(results["experiment"]["seeds"]) > 1:  # type: ignore[attr-defined]
+        _print_experiment(results)
+        _console.print(f"results: {args.out / 'results.json'}")
+        _console.print(f"report:  {report}")
+        return 0
     if len(results["runs"]) > 1:
         comparison = Table(title="methods compared: final models, test rows of every site")
         for column in COMPARISON_HEADER:
@@ -198,6 +306,7 @@ def _run_simulate(args: argparse.Namespace) -> int:
         for row in comparison_rows(results):
             comparison.add_row(*row)
         _console.print(comparison)
+        _print_comparisons(results)
     for run in results["runs"] if len(results["runs"]) == 1 else []:
         table = Table(title=f"{run['method']}: final model, test rows of each site")
         header, rows = metric_table(run, list(results["task"]["classes"]))
@@ -223,6 +332,30 @@ def _run_simulate(args: argparse.Namespace) -> int:
         prog = sys.argv[0] if Path(sys.argv[0]).name == "fedfusion" else "fedfusion"
         _console.print(dashboard_hint(db_url, prog=prog), soft_wrap=True, markup=False)
     return 0
+
+
+def _print_experiment(results: dict) -> None:  # type: ignore[type-arg]
+    from simulation.experiment_report import summary_rows
+
+    for view, title in (("pooled", "pooled test set"), ("site-mean", "mean over sites")):
+        header, rows = summary_rows(results, view)
+        table = Table(title=f"methods x metrics, {title} (mean ± sd (95% CI))")
+        for column in header:
+            table.add_column(column)
+        for row in rows:
+            table.add_row(*(escape(cell) for cell in row))
+        _console.print(table)
+    _print_comparisons(results)
+
+
+def _print_comparisons(results: dict) -> None:  # type: ignore[type-arg]
+    for c in results.get("comparisons", []):
+        if c["rows"] == "all sites" and c["p"] is not None:
+            _console.print(
+                f"{c['comparison']}: {c['a']} {c['auc_a']:.3f} vs {c['b']} {c['auc_b']:.3f}, "
+                f"DeLong P {c['p']:.3g} (seed {c['seed']})",
+                markup=False,
+            )
 
 
 def _scenario_and_task(

@@ -29,6 +29,12 @@ _log = logging.getLogger(__name__)
 TABLE_METRICS = ("accuracy", "sensitivity", "specificity", "ppv", "npv", "f1")
 # K > 2: macro averages over the classes, then the recall of each class.
 MULTICLASS_TABLE_METRICS = ("accuracy", "macro_sensitivity", "macro_ppv", "macro_f1")
+# Segmentation runs add the mean per-image Dice and IoU of the predicted masks.
+SEGMENTATION_TABLE_METRICS = ("dice", "iou")
+
+
+def _has_segmentation(run: dict[str, Any]) -> bool:
+    return "dice" in run["final"]["global"]
 
 
 def _fmt(value: Any) -> str:
@@ -75,6 +81,9 @@ def metric_table(
     else:
         header = ["scope", "n", "macro AUC (OvR)", *MULTICLASS_TABLE_METRICS]
         header += [f"sens. {name}" for name in names]
+    segmentation = _has_segmentation(run)
+    if segmentation:
+        header += ["Dice", "IoU"]
     rows = []
     scopes = [("global", run["final"]["global"])]
     scopes += [(name, m) for name, m in sorted(run["final"]["sites"].items())]
@@ -86,6 +95,8 @@ def metric_table(
             row += [_fmt(metrics.get("auc"))]
             row += [_fmt(metrics.get(key)) for key in MULTICLASS_TABLE_METRICS]
             row += [_fmt(metrics.get(f"sensitivity_{c}")) for c in range(k)]
+        if segmentation:
+            row += [_fmt(metrics.get(key)) for key in SEGMENTATION_TABLE_METRICS]
         rows.append(row)
     return header, rows
 
@@ -122,8 +133,9 @@ def _confusion_lines(run: dict[str, Any], classes: list[str]) -> list[str]:
 
 def _plot_learning_curves(run: dict[str, Any], path: Path) -> None:
     rounds = run["rounds"]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    for ax, metric in zip(axes, ("auc", "accuracy", "loss"), strict=True):
+    metrics = ("auc", "accuracy", "loss") + (("dice",) if _has_segmentation(run) else ())
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.4 * len(metrics), 3.8))
+    for ax, metric in zip(axes, metrics, strict=True):
         xs = [r["round"] for r in rounds]
         ax.plot(xs, [r["global"].get(metric) for r in rounds], "k-o", lw=2.5, label="global")
         sites = sorted({s for r in rounds for s in r["sites"]})
@@ -133,9 +145,10 @@ def _plot_learning_curves(run: dict[str, Any], path: Path) -> None:
         ax.set_xlabel("round")
         ax.set_title(metric.upper() if metric == "auc" else metric)
         ax.grid(alpha=0.3)
-        if metric in ("auc", "accuracy"):
+        if metric in ("auc", "accuracy", "dice"):
             ax.set_ylim(0, 1.02)
-    axes[0].legend(fontsize=8)
+    if len(rounds[0]["sites"] if rounds else {}) <= 12:  # 50 site names would fill the figure
+        axes[0].legend(fontsize=8)
     fig.suptitle(f"{run['method']}: learning curves (global and per site)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -211,11 +224,17 @@ def write_report(results: dict[str, Any], out_dir: Path, *, command: str) -> Pat
         "",
         f"- task: `{task['name']}`, model `{task['model']}` "
         + (
-            f"with backbone `{task['backbone']}` at {task['image_size']} px"
+            (f"with backbone `{task['backbone']}` " if task.get("backbone") else "")
+            + f"at {task['image_size']} px"
             if task.get("modalities", True)
             else f"on {len(task.get('features', []))} clinical features"
         )
-        + f", classes {task['classes']}",
+        + f", classes {task['classes']}"
+        + (
+            " (segmentation model: Dice and IoU of the predicted masks are reported too)"
+            if any(_has_segmentation(run) for run in results["runs"])
+            else ""
+        ),
         f"- sites: {', '.join(results['sites'])}; seed {results['seed']}",
         f"- machine: {results['environment']['machine']}, {results['environment']['cpus']} CPUs",
         "",
@@ -275,6 +294,17 @@ def write_report(results: dict[str, Any], out_dir: Path, *, command: str) -> Pat
         "the one after the last round; no round was selected on test data. With more than two",
         "classes, AUC is the macro average of the one-vs-rest AUCs (one curve per class).",
         "",
+    ]
+    if any(_has_segmentation(run) for run in results["runs"]):
+        lines += [
+            "Segmentation: each site computes the foreground Dice and IoU of every test image's",
+            "predicted mask (argmax) with MONAI's DiceMetric / MeanIoU and shares only their sums",
+            "and the image count; Dice and IoU are means over all sites' test images. For a",
+            "segmentation-only model, AUC and accuracy score whether a slice shows tumour (peak",
+            "foreground probability); for DFS they score the fused risk output.",
+            "",
+        ]
+    lines += [
         "## Reproduce",
         "",
         "```",

@@ -18,34 +18,40 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from client import app as client_app_module
+from client.manifest import ManifestError, ManifestProblem, read_manifest_table
 from models._options import look_up_option
 from models.tasks import TaskSpec
 from server.app import FederationResult, run_federation
-from server.config import RunConfig
+from server.config import RunConfig, RunConfigError
+from server.config_checks import federation_size_problems
+from server.resume import RESUME_FILE
 from server.secagg_app import run_secure_federation
 from simulation.baselines import run_local, run_pooled, site_manifests
 from simulation.ckd import prepare_ckd_sites
+from simulation.faults import Poison, poison_reply
 from simulation.results_schema import validate_results
 from simulation.scenario import Scenario
-from simulation.secagg import simulated_secagg_client
+from simulation.secagg import as_site, simulated_secagg_client
 from simulation.synthetic import generate_dual_center
+from simulation.synthetic_biopsy import generate_biopsy
+from simulation.synthetic_ct import generate_ct_clinical
 from simulation.synthetic_lymph import generate_lymph_node
 from strategies.central_dp import central_dp_epsilon
 from strategies.history import RoundRecord, RunHistory, json_safe
 
-__all__ = ["SimulationOptions", "simulate", "METHODS", "prepare_data"]
+__all__ = ["SimulationOptions", "client_resources", "simulate", "METHODS", "prepare_data"]
 
 _log = logging.getLogger(__name__)
 
 # Federated methods run the ServerApp with that strategy; the baselines train without Flower.
 FEDERATED_METHODS = ("fedavg", "fedprox", "fedbn", "fedadam", "fedyogi")
+FEDERATED_METHODS += ("fedmedian", "fedtrimmedavg", "krum")  # robust aggregation
 BASELINE_METHODS = ("local", "pooled")
 METHODS = FEDERATED_METHODS + BASELINE_METHODS
 
@@ -53,6 +59,8 @@ _GENERATORS: dict[str, Callable[..., Path]] = {
     "dual-center": generate_dual_center,
     "lymph-node": generate_lymph_node,
     "ckd-csv": prepare_ckd_sites,
+    "ct-clinical": generate_ct_clinical,
+    "biopsy": generate_biopsy,
 }
 
 
@@ -69,9 +77,15 @@ class SimulationOptions:
         overrides: further run-config overrides (kebab-case keys).
         cpus: CPUs Ray may use; default all of this machine's.
         cpus_per_site: CPUs reserved per simulated site (bounds parallel sites). Default 1.
-        ray_address: an existing Ray cluster to join instead of starting one.
+        ray_address: an existing Ray cluster to join instead of starting one (``auto`` or
+            ``HOST:PORT``); Ray's own resources are then the cluster's.
+        client_gpus: GPUs (fractions allowed) reserved per simulated site. Default 0.
+        run_label: appended to run names in the run store (e.g. ``" seed 0 fold 1"``).
         site_budget: DP settings every simulated site gets as its own node config
             (``dp-epsilon``, ``dp-delta``, ``dp-max-grad-norm``); empty = no local DP.
+        resume: continue each federated method from the resume point a crashed simulation
+            left in ``out_dir/METHOD`` (methods without one start from round 1).
+        site_epsilon: one site's own ``dp-epsilon`` (by site name), over ``site_budget``.
         task: an ad-hoc task (``simulation.adhoc``) replacing the scenario's preset; it
             travels to the sites in the ``task-json`` run-config key. Default None.
     """
@@ -85,9 +99,28 @@ class SimulationOptions:
     cpus: int | None = None
     cpus_per_site: float = 1.0
     ray_address: str | None = None
+    client_gpus: float = 0.0
+    run_label: str = ""
     verbose: bool = False
     site_budget: Mapping[str, float] | None = None
+    resume: bool = False
+    site_epsilon: Mapping[str, float] | None = None
     task: TaskSpec | None = None
+
+    def per_site(self, sites: Sequence[str]) -> dict[str, dict[str, float]]:
+        """Node-config overrides of single sites; refuses names that are not ``sites``."""
+        unknown = sorted(set(self.site_epsilon or {}) - set(sites))
+        if unknown:
+            raise ValueError(
+                f"--site-dp-epsilon names {', '.join(unknown)}, which is not a site of this "
+                f"simulation (sites: {', '.join(sites)})"
+            )
+        return {site: {"dp-epsilon": float(e)} for site, e in (self.site_epsilon or {}).items()}
+
+    @property
+    def local_dp(self) -> bool:
+        """Whether any simulated site trains with a DP budget."""
+        return bool(self.site_budget or self.site_epsilon)
 
 
 def prepare_data(scenario: Scenario, out_dir: Path, *, seed: int) -> Path:
@@ -105,37 +138,46 @@ def prepare_data(scenario: Scenario, out_dir: Path, *, seed: int) -> Path:
 
 
 def _sites_of(manifest: Path) -> list[str]:
-    frame = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    """The ``site`` values of a multi-site manifest (ManifestError for a file that is not one)."""
+    frame = read_manifest_table(manifest)  # ManifestError: not found, binary, bad quoting, ...
     if "site" not in frame.columns:
-        raise ValueError(
-            f"{manifest}: a simulation needs a 'site' column to know which rows belong to "
-            "which simulated hospital"
+        problem = (
+            "a simulation needs a 'site' column to know which rows belong to which "
+            "simulated hospital"
         )
-    sites = sorted(s for s in set(frame["site"].str.strip()) if s)
+        raise ManifestError(manifest, [ManifestProblem(None, "site", problem)])
+    sites = sorted(s for s in set(frame["site"]) if s)
     if len(sites) < 2:
-        raise ValueError(f"{manifest}: a federation needs at least 2 sites, found {sites}")
+        problem = f"a federation needs at least 2 sites, found {sites}"
+        raise ManifestError(manifest, [ManifestProblem(None, "site", problem)])
     return sites
 
 
 def _simulated_client(
-    manifest: Path, sites: Sequence[str], site_budget: Mapping[str, float] | None = None
+    manifest: Path,
+    sites: Sequence[str],
+    site_budget: Mapping[str, float] | None = None,
+    poison: Poison | None = None,
+    *,
+    per_site: Mapping[str, Mapping[str, float]] | None = None,
 ) -> ClientApp:
-    """The real ClientApp functions, given the node config a real site would pass."""
+    """The real ClientApp functions, given the node config a real site would pass; a
+    ``poison`` site's train replies are rewritten (simulation.faults)."""
     app = ClientApp()
     site_list = list(sites)
-    data_path = str(manifest)
-    budget = dict(site_budget or {})
 
     def _as_site(context: Context) -> Context:
-        partition = int(context.node_config["partition-id"])
-        context.node_config["data-path"] = data_path
-        context.node_config["site-id"] = site_list[partition]
-        context.node_config.update(budget)
-        return context
+        return as_site(
+            context, manifest=manifest, sites=site_list, site_budget=site_budget, per_site=per_site
+        )
 
     @app.train(mods=client_app_module.TRAIN_MODS)
     def _train(msg: Message, context: Context) -> Message:
-        return client_app_module.train(msg, _as_site(context))
+        reply = client_app_module.train(msg, _as_site(context))
+        if poison is not None and context.node_config["site-id"] == poison.site:
+            server_round = int(msg.content["config"]["server-round"])  # type: ignore[arg-type]
+            reply = poison_reply(reply, msg.content["arrays"], poison, server_round)
+        return reply
 
     @app.evaluate()
     def _evaluate(msg: Message, context: Context) -> Message:
@@ -177,14 +219,24 @@ def _run_fedavg(
     if not options.verbose:
         init_args["log_to_driver"] = False
         init_args["logging_level"] = logging.ERROR
+    per_site = options.per_site(sites)
+    client_app = (
+        simulated_secagg_client(manifest, sites, options.site_budget, per_site=per_site)
+        if secure
+        else _simulated_client(
+            manifest,
+            sites,
+            options.site_budget,
+            Poison.from_run_config(run_config, sites),
+            per_site=per_site,
+        )
+    )
     run_simulation(
         server_app=server_app,
-        client_app=(simulated_secagg_client if secure else _simulated_client)(
-            manifest, sites, options.site_budget
-        ),
+        client_app=client_app,
         num_supernodes=len(sites),
         backend_config={
-            "client_resources": {"num_cpus": options.cpus_per_site, "num_gpus": 0.0},
+            "client_resources": client_resources(options),
             "init_args": init_args,
         },
         verbose_logging=options.verbose,
@@ -194,29 +246,57 @@ def _run_fedavg(
     return outcome["result"]
 
 
+def client_resources(options: SimulationOptions) -> dict[str, float]:
+    """Ray resources each simulated site reserves; they bound how many sites run at once."""
+    problems = []
+    if not options.cpus_per_site > 0:
+        problems.append(f"client CPUs must be > 0, got {options.cpus_per_site}")
+    if not options.client_gpus >= 0:
+        problems.append(f"client GPUs must be >= 0, got {options.client_gpus}")
+    if options.cpus and not options.ray_address and options.cpus_per_site > options.cpus:
+        problems.append(
+            f"each site asks for {options.cpus_per_site} CPUs but the simulation has "
+            f"{options.cpus}: no site could ever start"
+        )
+    if problems:
+        raise ValueError("invalid simulation resources: " + "; ".join(problems))
+    return {"num_cpus": float(options.cpus_per_site), "num_gpus": float(options.client_gpus)}
+
+
 def simulate(
     scenario: Scenario,
     options: SimulationOptions,
     *,
     on_round_end: Callable[[str, RoundRecord], None] | None = None,
+    write_results: bool = True,
 ) -> dict[str, Any]:
-    """Run every requested method and write ``results.json``; returns the results dict."""
+    """Run every requested method and (by default) write ``results.json``; returns the results.
+
+    Every run's final model is saved under ``out_dir``: ``<method>/global_model.pt``,
+    ``local/<site>/global_model.pt`` and ``pooled/global_model.pt``.
+    """
     methods = tuple(look_up_option("method", m, METHODS) for m in options.methods)
-    out_dir = options.out_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = options.manifest or prepare_data(scenario, out_dir / "data", seed=options.seed)
-    sites = _sites_of(manifest)
     run_config: dict[str, Any] = {**scenario.run, "task": scenario.task, "seed": options.seed}
     run_config.update(options.overrides or {})
     if options.task is not None:
         run_config.update({"task": options.task.name, "task-json": options.task.to_json()})
     if options.rounds is not None:
         run_config["num-server-rounds"] = options.rounds
-    if options.site_budget:
+    if options.local_dp:
         run_config["dp-safe-model"] = True  # sites with a DP budget need a GroupNorm model
+    RunConfig.from_mapping(run_config)  # names, ranges, combinations: before generating data
+    out_dir = options.out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = options.manifest or prepare_data(scenario, out_dir / "data", seed=options.seed)
+    sites = _sites_of(manifest)
+    options.per_site(sites)  # unknown site names fail before anything starts
     run_config.setdefault("min-train-nodes", len(sites))
     run_config.setdefault("min-available-nodes", len(sites))
     config = RunConfig.from_mapping(run_config)  # fail before starting Ray
+    too_few = federation_size_problems(config, sites)
+    if too_few and any(m in FEDERATED_METHODS for m in methods):
+        raise RunConfigError("invalid run config: " + "; ".join(too_few))
+    client_resources(options)
     for method in (m for m in methods if m in FEDERATED_METHODS):
         RunConfig.from_mapping({**run_config, "strategy": method})  # e.g. secagg is FedAvg only
     task = config.task_spec()
@@ -230,6 +310,9 @@ def simulate(
             continue
         method_config = {**run_config, "strategy": method, "out-dir": str(out_dir / method)}
         method_config.setdefault("run-name", f"{scenario.name}/{method}")
+        if options.resume and (out_dir / method / RESUME_FILE).is_file():
+            method_config["resume-run"] = str(out_dir / method)
+        method_config.setdefault("run-name", f"{scenario.name}/{method}{options.run_label}")
         started = time.perf_counter()
 
         def _round_done(record: RoundRecord, _method: str = method) -> None:
@@ -244,6 +327,7 @@ def simulate(
                 time.perf_counter() - started,
                 outcome.config,
                 central_dp=outcome.central_dp,
+                dp_sites=sites if options.site_budget else list(options.site_epsilon or {}),
             )
         )
 
@@ -263,7 +347,8 @@ def simulate(
     }
     results = json_safe(results)
     validate_results(results)
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    if write_results:
+        (out_dir / "results.json").write_text(json.dumps(results, indent=2))
     return results
 
 
@@ -275,17 +360,22 @@ def _run_baseline(
     options: SimulationOptions,
     on_round_end: Callable[[str, RoundRecord], None] | None,
 ) -> list[dict[str, Any]]:
-    if options.site_budget or config.central_dp:
+    if options.local_dp or config.central_dp:
         raise ValueError(f"method {method!r} has no DP variant; run it without DP options")
     torch.set_num_threads(options.cpus or os.cpu_count() or 1)
     manifests = site_manifests(manifest, sites, config)
     if method == "pooled":
-        history, seconds = run_pooled(manifests, config, on_round_end=on_round_end)
+        history, seconds = run_pooled(
+            manifests,
+            config,
+            on_round_end=on_round_end,
+            save_to=options.out_dir / "pooled" / "global_model.pt",
+        )
         return [_run_entry("pooled", history, seconds, config)]
     return [
         _run_entry(name, history, seconds, config)
         for name, (history, seconds) in run_local(
-            manifests, config, on_round_end=on_round_end
+            manifests, config, on_round_end=on_round_end, save_dir=options.out_dir / "local"
         ).items()
     ]
 
@@ -297,6 +387,7 @@ def _run_entry(
     config: RunConfig,
     *,
     central_dp: Mapping[str, Any] | None = None,
+    dp_sites: Sequence[str] = (),
 ) -> dict[str, Any]:
     rounds = [r.to_results() for r in history.rounds]
     last = history.last
@@ -311,7 +402,9 @@ def _run_entry(
         "final": final,
         "wall_seconds": wall_seconds,
     }
-    spent = {
+    # a site with a budget that declined every round has spent nothing
+    spent: dict[str, float] = dict.fromkeys(dp_sites, 0.0)
+    spent |= {
         site: metrics["dp-epsilon-spent"]
         for record in history.rounds
         for site, metrics in record.train.items()

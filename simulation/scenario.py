@@ -27,6 +27,8 @@ class Scenario:
         description: one line.
         data: how site data is made (``generator`` and its options) when no manifest is given.
         run: run-config overrides (keys of ``[tool.flwr.app.config]``).
+        experiment: experiment defaults, e.g. ``single-modality = "fedavg"`` (train the
+            task's single-modality variants with that method when methods are compared).
     """
 
     name: str
@@ -34,6 +36,7 @@ class Scenario:
     description: str = ""
     data: dict[str, Any] = field(default_factory=dict)
     run: dict[str, Any] = field(default_factory=dict)
+    experiment: dict[str, Any] = field(default_factory=dict)
 
 
 def _scenario_dir() -> Path:
@@ -56,15 +59,15 @@ def load_scenario(name_or_path: str) -> Scenario:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as err:
         raise ScenarioError(f"{path}: not valid TOML: {err}") from err
-    unknown = set(raw) - {"task", "description", "data", "run"}
+    unknown = set(raw) - {"task", "description", "data", "run", "experiment"}
     if unknown:
         raise ScenarioError(
             f"{path}: unknown top-level keys {sorted(unknown)}; "
-            "expected task, description, [data], [run]"
+            "expected task, description, [data], [run], [experiment]"
         )
     if "task" not in raw:
         raise ScenarioError(f"{path}: missing 'task' (a task preset name)")
-    for table in ("data", "run"):
+    for table in ("data", "run", "experiment"):
         if not isinstance(raw.get(table, {}), dict):
             raise ScenarioError(f"{path}: [{table}] must be a table")
     return Scenario(
@@ -73,4 +76,5 @@ def load_scenario(name_or_path: str) -> Scenario:
         description=str(raw.get("description", "")),
         data=dict(raw.get("data", {})),
         run=dict(raw.get("run", {})),
+        experiment=dict(raw.get("experiment", {})),
     )

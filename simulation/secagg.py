@@ -29,12 +29,15 @@ def as_site(
     manifest: Path | str,
     sites: Sequence[str],
     site_budget: Mapping[str, float] | None = None,
+    per_site: Mapping[str, Mapping[str, float]] | None = None,
 ) -> Context:
-    """``context`` with the node config of simulated site ``sites[partition-id]``."""
+    """``context`` with the node config of simulated site ``sites[partition-id]``
+    (``site_budget`` for every site, then ``per_site[site]`` on top)."""
     partition = int(context.node_config["partition-id"])
     context.node_config["data-path"] = str(manifest)
     context.node_config["site-id"] = sites[partition]
     context.node_config.update(dict(site_budget or {}))
+    context.node_config.update(dict((per_site or {}).get(sites[partition], {})))
     return context
 
 
@@ -43,6 +46,7 @@ def simulated_secagg_client(
     sites: Sequence[str],
     site_budget: Mapping[str, float] | None = None,
     *,
+    per_site: Mapping[str, Mapping[str, float]] | None = None,
     client_type: type[SiteNumPyClient] = SiteNumPyClient,
 ) -> ClientApp:
     """The SecAgg+ ClientApp, given the node config a real site would pass.
@@ -51,12 +55,15 @@ def simulated_secagg_client(
         manifest: the manifest with every simulated site's rows (``site`` column).
         sites: site names; partition ``i`` is ``sites[i]``.
         site_budget: DP settings every site gets as its own node config; None = no local DP.
+        per_site: node-config settings of single sites, over ``site_budget`` (by site name).
         client_type: the NumPyClient class (a subclass may observe what a site computes).
     """
     site_list = list(sites)
 
     def _client_fn(context: Context) -> Client:
-        site = as_site(context, manifest=manifest, sites=site_list, site_budget=site_budget)
+        site = as_site(
+            context, manifest=manifest, sites=site_list, site_budget=site_budget, per_site=per_site
+        )
         return client_type(site).to_client()
 
     return ClientApp(client_fn=_client_fn, mods=[secaggplus_mod])

@@ -7,7 +7,7 @@ as the round's replies are in (so the trail survives a crash later in the run)::
      "asked": [node ids], "answered": ["center-a", ...], "missing": [node ids],
      "failed": [{"node-id": ..., "site": ..., "error-code": ..., "reason": ...}],
      "sites": {"center-a": {"node-id": ..., "num-examples": 120, "update-l2-norm": 0.83,
-                            "dp": {"dp-epsilon-spent": 1.2, ...}}},
+                            "dp": {"dp-epsilon-spent": 1.2, ...}, "skipped-files": 0}},
      "dp": {"dp-epsilon": 0.0, "central-dp-noise-multiplier": 0.0, ...},
      "central-dp": {"released": true, "epsilon-round": 0.9, "epsilon": 1.4, "delta": 1e-5,
                     "releases": 2, "accountant": "flwr[dp] RDP"}}
@@ -19,7 +19,8 @@ releases so far, from the server's accountant
 
 What it holds, and only that: node ids and site names, example counts, the L2 norm of each
 site's update relative to the round's global model (floating-point arrays only), the ``dp-*``
-scalars each site reported about its own privacy accounting, the DP settings of the run
+scalars each site reported about its own privacy accounting, the number of unreadable image
+files each site skipped (``skipped-files``), the DP settings of the run
 config and the error code/reason of a site that declined. Never images, rows, labels or
 patient identifiers; the norm is one number per site and round.
 
@@ -115,8 +116,10 @@ class SiteUpdate:
     num_examples: int | None = None
     update_norm: float | None = None
     dp: dict[str, float] = field(default_factory=dict)
+    skipped_files: int | None = None  # unreadable images the site skipped (its own count)
     error_code: int | None = None
     reason: str | None = None
+    rejected: str | None = None  # why the server refused this update (strategies.validation)
 
 
 @dataclass
@@ -136,6 +139,11 @@ class RoundAudit:
         return [u.site for u in self.updates if u.error_code is None]
 
     @property
+    def used(self) -> list[str]:
+        """Sites whose weights passed the server's checks."""
+        return [u.site for u in self.updates if u.error_code is None and u.rejected is None]
+
+    @property
     def missing(self) -> list[int]:
         """Nodes asked that sent nothing back (timeout, crash, disconnect)."""
         replied = {u.node_id for u in self.updates}
@@ -149,10 +157,16 @@ class RoundAudit:
                 "num-examples": u.num_examples,
                 "update-l2-norm": u.update_norm,
                 "dp": u.dp,
+                "skipped-files": u.skipped_files,
             }
             for u in self.updates
-            if u.error_code is None
+            if u.error_code is None and u.rejected is None
         }
+        rejected = [
+            {"node-id": u.node_id, "site": u.site, "reason": u.rejected}
+            for u in self.updates
+            if u.rejected is not None
+        ]
         failed = [
             {"node-id": u.node_id, "site": u.site, "error-code": u.error_code, "reason": u.reason}
             for u in self.updates
@@ -166,6 +180,8 @@ class RoundAudit:
                 "answered": self.answered,
                 "missing": self.missing,
                 "failed": failed,
+                "rejected": rejected,
+                "used": self.used,
                 "sites": sites,
                 "dp": self.dp,
                 **({} if self.central_dp is None else {"central-dp": self.central_dp}),
@@ -181,10 +197,16 @@ class AuditTrail:
             memory only. Default None.
         settings: the run's privacy settings, recorded with every round (see
             :func:`dp_settings`). Default: none.
+        keep_rounds: a resumed run keeps the lines of rounds up to this one already in
+            ``path`` and appends after them. Default 0 (start a new file).
     """
 
     def __init__(
-        self, *, path: str | Path | None = None, settings: Mapping[str, object] | None = None
+        self,
+        *,
+        path: str | Path | None = None,
+        settings: Mapping[str, object] | None = None,
+        keep_rounds: int = 0,
     ) -> None:
         self.path = Path(path) if path is not None else None
         self.settings = dict(settings or {})
@@ -197,7 +219,16 @@ class AuditTrail:
         self._central_dp: dict[str, object] | None = None
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text("")
+            kept = []
+            if keep_rounds > 0 and self.path.is_file():
+                for line in self.path.read_text(encoding="utf-8").splitlines():
+                    try:
+                        entry = json.loads(line)
+                    except json.JSONDecodeError:  # a line cut short by the crash
+                        continue
+                    if int(entry.get("round", 0)) <= keep_rounds:
+                        kept.append(line + "\n")
+            self.path.write_text("".join(kept), encoding="utf-8")
 
     def start_round(self, server_round: int, *, arrays: ArrayRecord, asked: Iterable[int]) -> None:
         """Note the global model sent this round and the nodes asked to train."""
@@ -210,10 +241,35 @@ class AuditTrail:
         """Central-DP accounting to record with the next :meth:`record_train`."""
         self._central_dp = None if accounting is None else dict(accounting)
 
-    def record_train(self, server_round: int, replies: Iterable[Message]) -> RoundAudit:
-        """Audit the train replies of ``server_round`` (call before aggregating them)."""
+    def record_train(
+        self,
+        server_round: int,
+        replies: Iterable[Message],
+        *,
+        rejected: Mapping[int, tuple[str, str]] | None = None,
+        senders: Mapping[str, int] | None = None,
+    ) -> RoundAudit:
+        """Audit the train replies of ``server_round`` (call before aggregating them).
+
+        Args:
+            server_round: the round.
+            replies: the replies the server received and accepted.
+            rejected: node id -> (site, reason), for updates the server refused (they are not
+                in ``replies``). Default: none.
+            senders: message id -> node id of the messages sent this round, to attribute the
+                error replies the SuperLink makes for unreachable nodes. Default: none.
+        """
         asked = self._asked if self._round == server_round else []
-        updates = [self._site_update(msg) for msg in replies]
+        updates = [self._site_update(msg, senders or {}) for msg in replies]
+        for node_id, (site, reason) in (rejected or {}).items():
+            self._site_names[int(node_id)] = site
+            updates.append(
+                SiteUpdate(
+                    node_id=int(node_id),
+                    site=site,
+                    rejected=reason[:_MAX_REASON] + ("..." if len(reason) > _MAX_REASON else ""),
+                )
+            )
         entry = RoundAudit(
             round=server_round,
             time=dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -229,17 +285,18 @@ class AuditTrail:
             with self.path.open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps(entry.to_json(), sort_keys=True) + "\n")
         _log.info(
-            "audit round %d: asked %d, answered %s, failed %d, missing %d",
+            "audit round %d: asked %d, answered %s, failed %d, rejected %d, missing %d",
             server_round,
             len(asked),
             ", ".join(entry.answered) or "none",
             len(updates) - len(entry.answered),
+            len(rejected or {}),
             len(entry.missing),
         )
         return entry
 
-    def _site_update(self, msg: Message) -> SiteUpdate:
-        node_id = int(msg.metadata.src_node_id)
+    def _site_update(self, msg: Message, senders: Mapping[str, int]) -> SiteUpdate:
+        node_id = senders.get(msg.metadata.reply_to_message_id, int(msg.metadata.src_node_id))
         if msg.has_error():
             reason = str(msg.error.reason or "")
             return SiteUpdate(
@@ -254,6 +311,8 @@ class AuditTrail:
         for record in content.metric_records.values():
             if "num-examples" in record:
                 update.num_examples = int(record["num-examples"])  # type: ignore[arg-type]
+            if "skipped-files" in record:
+                update.skipped_files = int(record["skipped-files"])  # type: ignore[arg-type]
             for key, value in record.items():
                 if key.startswith("dp-") and isinstance(value, int | float):
                     update.dp[key] = float(value)

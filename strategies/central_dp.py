@@ -129,6 +129,17 @@ class CentralDPAccountant:
         self.rounds.append(entry)
         return entry
 
+    def state(self) -> dict[str, Any]:
+        """What a resume point keeps: the releases so far and their round entries."""
+        return {"releases": self.releases, "rounds": [dict(r) for r in self.rounds]}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue the accounting of a resumed run (:meth:`state` of the crashed one)."""
+        self.releases = int(state.get("releases", 0))
+        self.rounds = [dict(r) for r in state.get("rounds", [])]
+        if self._flower is not None and self.releases:
+            self._flower.compose(self._event(), count=self.releases)
+
     def summary(self) -> dict[str, Any]:
         """The ``central_dp`` entry of results.json / history.json (settings, totals, rounds)."""
         return {

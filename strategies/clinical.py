@@ -8,15 +8,18 @@ global metrics are computed from their sum, never from per-patient scores.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from flwr.app import ArrayRecord, Message, MetricRecord
+import numpy as np
+from flwr.app import Array, ArrayRecord, Message, MetricRecord
 
 from models.metrics import ScoreSummary, summary_metrics
 from strategies.history import RoundRecord, RunHistory, SiteFailure
+from strategies.validation import Rejection, UpdateChecks, screen_updates
 
 if TYPE_CHECKING:
     from strategies.audit import AuditTrail
@@ -37,7 +40,14 @@ def site_of(msg: Message) -> str:
 
 
 class ClinicalMetricsMixin:
-    """Per-site and global clinical metrics recorded in :attr:`history`.
+    """Per-site and global clinical metrics recorded in :attr:`history`; screened updates;
+    k-of-n rounds.
+
+    Every train reply is screened (:mod:`strategies.validation`) before the Flower strategy
+    aggregates it; rejected updates, error replies and nodes that did not answer within the
+    round's timeout are recorded as failures of that round (history, audit, run store) and the
+    round goes on with the rest, provided at least :attr:`min_answers` usable updates came
+    back. With fewer, the global model stays as it was and the round carries a ``note``.
 
     Args:
         on_round_end: called with the finished :class:`RoundRecord` after each evaluation.
@@ -46,44 +56,192 @@ class ClinicalMetricsMixin:
 
     #: Set by the ServerApp to record who was asked/answered and each update's norm.
     audit: AuditTrail | None = None
+    #: How updates are screened; None accepts every update (no checks).
+    update_checks: UpdateChecks | None = UpdateChecks()
+    #: The fewest usable updates that make a round; below it the global model is kept.
+    min_answers: int = 1
+    #: Names of NumPy-dict attributes holding server-side state (server-optimiser moments)
+    #: that a checkpoint must keep for an exact resume.
+    resume_attributes: tuple[str, ...] = ()
+    #: Whether sites may leave arrays out of their update (FedBN).
+    _sites_keep_arrays = False
 
     def __init__(self, *, on_round_end: RoundCallback | None = None, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.history = RunHistory()
         self.on_round_end = on_round_end
         self._round_started = time.perf_counter()
+        self._sent: ArrayRecord | None = None
+        self._asked: dict[str, list[Message]] = {"train": [], "evaluate": []}
+        self._site_names: dict[int, str] = {}  # node id -> site, from earlier replies
 
     def configure_train(self, server_round, arrays, config, grid):  # type: ignore[no-untyped-def]
         self._round_started = time.perf_counter()
-        messages = super().configure_train(server_round, arrays, config, grid)
+        self._sent = arrays
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        self._asked["train"] = messages
         if self.audit is not None:
-            messages = list(messages)
             self.audit.start_round(
-                server_round, arrays=arrays, asked=[m.metadata.dst_node_id for m in messages]
+                server_round, arrays=arrays, asked=[int(m.metadata.dst_node_id) for m in messages]
             )
         return messages
+
+    def configure_evaluate(self, server_round, arrays, config, grid):  # type: ignore[no-untyped-def]
+        messages = list(super().configure_evaluate(server_round, arrays, config, grid))
+        self._asked["evaluate"] = messages
+        return messages
+
+    def _senders(self, stage: str) -> dict[str, int]:
+        """Message id -> the node it was sent to (ids are set when the grid pushes them)."""
+        return {
+            m.metadata.message_id: int(m.metadata.dst_node_id)
+            for m in self._asked.get(stage, [])
+            if m.metadata.message_id
+        }
+
+    @staticmethod
+    def _node(msg: Message, senders: dict[str, int]) -> int:
+        """The node a reply answers for: an error reply the SuperLink makes for an unreachable
+        node comes from the SuperLink itself (node id 1), so look at what it replies to."""
+        return senders.get(msg.metadata.reply_to_message_id, int(msg.metadata.src_node_id))
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
-        self.record_train_replies(server_round, replies)
-        return super().aggregate_train(server_round, replies)
+        rejected: list[Rejection] = []
+        if self.update_checks is not None and self._sent is not None:
+            checks = dataclasses.replace(
+                self.update_checks,
+                allow_missing_keys=self._sites_keep_arrays,
+                # update-dtype float16 (strategies.streaming): replies are differences
+                differences=getattr(self, "update_dtype", "float32") != "float32",
+            )
+            global_np = {k: v.numpy() for k, v in self._sent.items()}
+            for msg in replies:
+                if not msg.has_error():
+                    self._site_names[int(msg.metadata.src_node_id)] = site_of(msg)
+            replies, rejected = screen_updates(global_np, replies, checks)
+        usable = self.record_train_replies(server_round, replies, rejected=rejected)
+        if usable < self.min_answers:
+            record = self.history.round(server_round)
+            record.note = (
+                f"only {usable} usable update{'s' if usable != 1 else ''} "
+                f"(min-answers {self.min_answers}): the global model was not changed"
+            )
+            _log.warning("round %d: %s", server_round, record.note)
+            return None, None
+        arrays, metrics = super().aggregate_train(server_round, replies)
+        return self._keep_dtypes(arrays), metrics
 
-    def record_train_replies(self, server_round: int, replies: list[Message]) -> None:
-        """Audit the round's train replies and note each site's scalars or failure in
-        :attr:`history` (called by :meth:`aggregate_train`, or by a wrapper that skips it)."""
+    def record_train_replies(
+        self,
+        server_round: int,
+        replies: list[Message],
+        *,
+        rejected: Iterable[Rejection] = (),
+    ) -> int:
+        """Audit the round's train replies and note each site's scalars or failure (error
+        reply, rejected update, no reply) in :attr:`history`; returns the number of usable
+        updates. Called by :meth:`aggregate_train`, or by a wrapper that skips it."""
+        rejected = list(rejected)
+        senders = self._senders("train")
         if self.audit is not None:
-            self.audit.record_train(server_round, replies)
+            self.audit.record_train(
+                server_round,
+                replies,
+                senders=senders,
+                rejected={
+                    r.node_id: (self._site_names.get(r.node_id, str(r.node_id)), r.reason)
+                    for r in rejected
+                },
+            )
         record = self.history.round(server_round)
+        for rejection in rejected:
+            self._fail(record, "train", rejection.node_id, f"update rejected: {rejection.reason}")
+            _log.warning(
+                "round %d: update of %s rejected: %s",
+                server_round,
+                self._site_names.get(rejection.node_id, f"node {rejection.node_id}"),
+                rejection.reason,
+            )
+        usable = 0
         for msg in replies:
+            node = self._node(msg, senders)
             if msg.has_error():
-                record.failures.append(
-                    SiteFailure(server_round, "train", msg.metadata.src_node_id, msg.error.reason)
-                )
+                self._fail(record, "train", node, str(msg.error.reason))
                 continue
+            usable += 1
+            self._site_names[node] = site_of(msg)
             metrics = next(iter(msg.content.metric_records.values()))
             record.train[site_of(msg)] = dict(metrics)
+        self._record_missing(record, "train", replies, senders, rejected)
+        return usable
+
+    def _keep_dtypes(self, arrays: ArrayRecord | None) -> ArrayRecord | None:
+        """The global model keeps the dtypes it was sent with (Flower's FedAdam/FedYogi
+        return float64 arrays, which sites' float32 updates would then no longer match)."""
+        if arrays is None or self._sent is None:
+            return arrays
+        for key, array in list(arrays.items()):
+            if key in self._sent:
+                want = self._sent[key].numpy().dtype
+                value = array.numpy()
+                if value.dtype != want:
+                    arrays[key] = Array(np.ascontiguousarray(value.astype(want)))
+        return arrays
+
+    def strategy_state(self) -> dict[str, Any]:
+        """What a checkpoint keeps of this strategy: its history and server-side state."""
+        arrays = {}
+        for name in self.resume_attributes:
+            value = getattr(self, name, None)
+            if value is not None:
+                arrays[name] = {k: np.array(v, copy=True) for k, v in value.items()}
+        return {
+            "history": [dataclasses.asdict(r) for r in self.history.rounds],
+            "arrays": arrays,
+            "site-names": dict(self._site_names),
+        }
+
+    def load_strategy_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`strategy_state` (a resumed run)."""
+        from strategies.history import round_from_dict
+
+        self.history = RunHistory([round_from_dict(r) for r in state.get("history", [])])
+        for name, value in (state.get("arrays") or {}).items():
+            if name not in self.resume_attributes:
+                raise ValueError(
+                    f"checkpoint holds strategy state {name!r} that {type(self).__name__} "
+                    f"does not use (expected {list(self.resume_attributes) or 'none'}): was it "
+                    "written by a run with another strategy?"
+                )
+            setattr(self, name, {k: np.asarray(v) for k, v in value.items()})
+        self._site_names.update({int(k): str(v) for k, v in state.get("site-names", {}).items()})
+
+    def _fail(self, record: RoundRecord, stage: str, node: int, reason: str) -> None:
+        site = self._site_names.get(node, "")
+        record.failures.append(SiteFailure(record.round, stage, node, reason, site=site))
+
+    def _record_missing(
+        self,
+        record: RoundRecord,
+        stage: str,
+        replies: list[Message],
+        senders: dict[str, int],
+        rejected: list[Rejection] = (),  # type: ignore[assignment]
+    ) -> None:
+        """Nodes asked this round that sent nothing back (timeout, crash, disconnect)."""
+        seen = {self._node(m, senders) for m in replies} | {r.node_id for r in rejected}
+        for node in (int(m.metadata.dst_node_id) for m in self._asked.get(stage, [])):
+            if node not in seen:
+                self._fail(record, stage, node, "no reply within the round timeout")
+                _log.warning(
+                    "round %d: %s did not answer the %s request in time",
+                    record.round,
+                    self._site_names.get(node, f"node {node}"),
+                    stage,
+                )
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
@@ -91,17 +249,15 @@ class ClinicalMetricsMixin:
         replies = list(replies)
         record = self.history.round(server_round)
         total: ScoreSummary | None = None
+        senders = self._senders("evaluate")
+        self._record_missing(record, "evaluate", replies, senders)
         for msg in replies:
             if msg.has_error():
-                record.failures.append(
-                    SiteFailure(
-                        server_round, "evaluate", msg.metadata.src_node_id, msg.error.reason
-                    )
-                )
+                self._fail(record, "evaluate", self._node(msg, senders), msg.error.reason)
                 _log.warning(
                     "round %d: evaluation failed at node %s: %s",
                     server_round,
-                    msg.metadata.src_node_id,
+                    self._node(msg, senders),
                     msg.error.reason,
                 )
                 continue
@@ -109,9 +265,7 @@ class ClinicalMetricsMixin:
             try:
                 summary = ScoreSummary.from_record(metrics)
             except ValueError as err:
-                record.failures.append(
-                    SiteFailure(server_round, "evaluate", msg.metadata.src_node_id, str(err))
-                )
+                self._fail(record, "evaluate", self._node(msg, senders), str(err))
                 continue
             site = site_of(msg)
             record.sites[site] = {**summary_metrics(summary), "n": summary.n}

@@ -10,9 +10,12 @@ from models._options import look_up_option
 from strategies.fedadam import ClinicalFedAdam
 from strategies.fedavg import ClinicalFedAvg
 from strategies.fedbn import ClinicalFedBN
+from strategies.fedmedian import ClinicalFedMedian
 from strategies.fedprox import ClinicalFedProx
+from strategies.fedtrimmedavg import ClinicalFedTrimmedAvg
 from strategies.fedyogi import ClinicalFedYogi
 from strategies.history import RoundRecord
+from strategies.krum import ClinicalKrum
 
 __all__ = ["STRATEGIES", "build_strategy"]
 
@@ -22,6 +25,10 @@ STRATEGIES: dict[str, type[Strategy]] = {
     "fedbn": ClinicalFedBN,
     "fedadam": ClinicalFedAdam,
     "fedyogi": ClinicalFedYogi,
+    # Robust aggregation for an untrusted federation (Flower's own strategies).
+    "fedmedian": ClinicalFedMedian,
+    "fedtrimmedavg": ClinicalFedTrimmedAvg,
+    "krum": ClinicalKrum,
 }
 
 
@@ -31,6 +38,8 @@ def build_strategy(
     on_round_end: Callable[[RoundRecord], None] | None = None,
     proximal_mu: float = 0.01,
     server_lr: float = 0.01,
+    trim_beta: float = 0.2,
+    krum_malicious: int = 1,
     **common: object,
 ) -> Strategy:
     """The clinical-metrics strategy called ``name``; ``common`` goes to Flower's FedAvg."""
@@ -40,4 +49,8 @@ def build_strategy(
         extra["proximal_mu"] = proximal_mu
     elif cls in (ClinicalFedAdam, ClinicalFedYogi):
         extra["eta"] = server_lr
+    elif cls is ClinicalFedTrimmedAvg:
+        extra["beta"] = trim_beta
+    elif cls is ClinicalKrum:
+        extra["num_malicious_nodes"] = krum_malicious
     return cls(on_round_end=on_round_end, **common, **extra)  # type: ignore[call-arg]

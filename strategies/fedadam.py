@@ -12,3 +12,5 @@ __all__ = ["ClinicalFedAdam"]
 
 class ClinicalFedAdam(ClinicalMetricsMixin, FedAdam, StreamingFedAvg):
     """Flower's FedAdam (``eta`` = server learning rate); momentum lives on the server."""
+
+    resume_attributes = ("m_t", "v_t")  # the server optimiser's moments

@@ -24,6 +24,8 @@ KEEP_LOCAL_NORM_KEY = "keep-local-norm"
 class ClinicalFedBN(ClinicalFedAvg):
     """FedAvg over everything but normalisation layers, which stay local."""
 
+    _sites_keep_arrays = True  # updates lack the normalisation layers
+
     def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)
         self._global: ArrayRecord | None = None

@@ -12,3 +12,5 @@ __all__ = ["ClinicalFedYogi"]
 
 class ClinicalFedYogi(ClinicalMetricsMixin, FedYogi, StreamingFedAvg):
     """Flower's FedYogi (``eta`` = server learning rate)."""
+
+    resume_attributes = ("m_t", "v_t")  # the server optimiser's moments

@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["RoundRecord", "RunHistory", "SiteFailure", "json_safe"]
+__all__ = ["RoundRecord", "RunHistory", "SiteFailure", "json_safe", "round_from_dict"]
 
 Metrics = dict[str, Any]
 
@@ -19,6 +19,7 @@ class SiteFailure:
     stage: str  # "train" or "evaluate"
     node_id: int
     reason: str
+    site: str = ""  # the site's name when known from an earlier reply, else ""
 
 
 @dataclass
@@ -33,6 +34,8 @@ class RoundRecord:
     # The summed, shareable ScoreSummary record (histograms + counts), for ROC plots.
     global_summary: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    # Why the global model did not change this round (e.g. too few usable updates); "" = it did.
+    note: str = ""
 
     def to_results(self) -> dict[str, Any]:
         """The DESIGN.md ``rounds[]`` entry."""
@@ -43,6 +46,7 @@ class RoundRecord:
             "train": json_safe(self.train),
             "failures": [asdict(f) for f in self.failures],
             "seconds": self.seconds,
+            **({"note": self.note} if self.note else {}),
         }
 
 
@@ -74,3 +78,10 @@ def json_safe(value: Any) -> Any:
     if hasattr(value, "item") and callable(value.item):  # numpy scalars
         return json_safe(value.item())
     return value
+
+
+def round_from_dict(data: dict[str, Any]) -> RoundRecord:
+    """A :class:`RoundRecord` back from ``dataclasses.asdict`` (a resumed run's history)."""
+    fields = dict(data)
+    fields["failures"] = [SiteFailure(**f) for f in fields.get("failures") or []]
+    return RoundRecord(**fields)

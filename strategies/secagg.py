@@ -299,6 +299,7 @@ class SecureFedAvg(FedAvg):
                     for k, v in fit_res.metrics.items()
                     if k.startswith("dp-") and isinstance(v, int | float)
                 },
+                skipped_files=_int_or_none(fit_res.metrics.get("skipped-files")),
             )
             for proxy, fit_res in results
         ]
@@ -365,3 +366,7 @@ def _short(reason: str) -> str:
         errors = [line for line in reason.splitlines() if _ERROR_LINE.match(line)]
         reason = errors[-1] if errors else reason
     return reason[:_MAX_REASON]
+
+
+def _int_or_none(value: object) -> int | None:
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None

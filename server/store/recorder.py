@@ -123,6 +123,27 @@ class RunRecorder:
         _log.info("run store: run %d in %s", run_id, store.display_url)
         return recorder
 
+    @classmethod
+    def resume(cls, db_url: str, run_id: int, *, from_round: int, out_dir: str = "") -> RunRecorder:
+        """Open the store at ``db_url`` and continue run ``run_id`` after ``from_round``.
+
+        Raises:
+            RunStoreError: when the store cannot be opened or has no such run.
+        """
+        store = RunStore(db_url)
+        try:
+            store.resume_run(run_id, from_round=from_round)
+        except Exception:
+            store.close()
+            raise
+        recorder = cls(store, run_id, checkpoint_dir_for(store, run_id, out_dir))
+        recorder._thread = threading.Thread(
+            target=recorder._drain, name=f"fedfusion-store-run-{run_id}", daemon=True
+        )
+        recorder._thread.start()
+        _log.info("run store: run %d resumed after round %d", run_id, from_round)
+        return recorder
+
     # ---------------------------------------------------------------- called by the server
 
     def on_round_end(self, record: RoundLike) -> None:

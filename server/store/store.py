@@ -280,7 +280,7 @@ class RunStore:
         global_metrics = _json_safe(record.global_metrics)
         failures: dict[str, list[str]] = {}
         for failure in record.failures:
-            label = f"node {failure.node_id}"
+            label = getattr(failure, "site", "") or f"node {failure.node_id}"
             failures.setdefault(label, []).append(f"{failure.stage}: {failure.reason}")
         site_names = sorted(set(record.sites) | set(record.train) | set(failures))
         with self._session.begin() as session:
@@ -464,6 +464,42 @@ class RunStore:
                     path=str(file),
                     size_bytes=file.stat().st_size,
                     sha256=digest.hexdigest(),
+                )
+            )
+
+    def resume_run(self, run_id: int, *, from_round: int) -> None:
+        """Mark a crashed or stopped run ``running`` again: it continues after ``from_round``.
+
+        Rounds stored beyond ``from_round`` (the crashed run got further than its last
+        checkpoint) are removed; the resumed run writes them again.
+
+        Raises:
+            RunStoreError: when there is no such run.
+        """
+        now = utcnow()
+        with self._session.begin() as session:
+            run = self._run(session, run_id)
+            statuses = {
+                s.site: s
+                for s in session.scalars(select(SiteStatus).where(SiteStatus.run_id == run_id))
+            }
+            later = session.scalars(
+                select(Round.round).where(Round.run_id == run_id, Round.round > from_round)
+            ).all()
+            for server_round in later:
+                self._forget_round(session, run_id, server_round, statuses)
+            run.status = "running"
+            run.error = None
+            run.ended_at = None
+            run.rounds_done = min(run.rounds_done or 0, from_round)
+            run.updated_at = now
+            session.add(
+                AuditEvent(
+                    run_id=run_id,
+                    kind="run-resumed",
+                    round=from_round,
+                    message=f"resumed after round {from_round}",
+                    at=now,
                 )
             )
 

@@ -112,3 +112,40 @@ def test_cached_bags_match_uncached(tmp_path: Path) -> None:
     cached = ManifestDataset(manifest, "train", train=False, cache_decoded=True)
     for _ in range(2):
         assert torch.equal(plain[0][0], cached[0][0])
+
+
+@pytest.mark.filterwarnings("ignore:Full backward hook is firing:UserWarning")
+@pytest.mark.filterwarnings("ignore:Secure RNG turned off:UserWarning")
+def test_dp_sgd_trains_cmusnet_on_bags(tmp_path: Path) -> None:
+    from client.privacy import make_private
+    from client.train import TrainConfig, train_local
+    from models.factory import create_model_for_task
+    from models.tasks import get_task
+
+    task = get_task("glomerular-disease").replace(
+        modalities=("tem", "om", "im"), backbone="test_resnet", image_size=S
+    )
+    rows = _bag_site(tmp_path)
+    for row in rows:
+        row["tem"], row["om"], row["im"] = row["bmode"], row["ceus"], row["ceus"]
+        row["label"] = {"low": "IgAN", "high": "MN"}[row["label"]]
+    manifest = load_manifest(write_csv(tmp_path / "g.csv", rows), task)
+    torch.manual_seed(0)
+    model = create_model_for_task(task, dp_safe=True)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    loader = make_loader(manifest, "train", batch_size=2, train=True)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    private, optimizer, loader, _ = make_private(
+        model, optimizer, loader, noise_multiplier=1.0, max_grad_norm=1.0
+    )
+    result = train_local(
+        private,
+        loader,
+        config=TrainConfig(epochs=2, learning_rate=0.01),
+        class_counts=manifest.class_counts("train"),
+        optimizer=optimizer,
+    )
+    assert result.num_steps >= 1
+    after = model.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # the aux heads too:
+    assert not torch.equal(before["aux_heads.0.weight"], after["aux_heads.0.weight"])

@@ -69,3 +69,15 @@ def test_check_site_and_bad_task(tmp_path: Path, capsys: pytest.CaptureFixture[s
     with pytest.raises(SystemExit) as exit_info:
         _parser().parse_args(["site", "check", "--task", "rcc-grading"])
     assert exit_info.value.code == 2
+
+
+def test_check_prints_warnings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = make_site(tmp_path, labels=("low", "high") * 2)
+    for row in rows:
+        row["split"] = "test"  # an external-validation site: legal, but it cannot train
+    path = write_csv(tmp_path / "site.csv", rows)
+    code = _run("site", "check", "--manifest", str(path), "--task", "rcc-grading")
+    out = capsys.readouterr().out
+    assert code == 0 and "manifest OK" in out
+    assert "warning: column 'split': the train split has no rows" in out
+    assert "can only evaluate" in out

@@ -105,8 +105,9 @@ def test_missing_modality_is_zero_and_logged(
     with caplog.at_level("INFO", logger="client.dataset"):
         dataset = ManifestDataset(manifest, "train", train=False)
     assert "modality ceus is missing in 1 of 2 rows" in caplog.text
-    bmode, ceus, _ = dataset[0]
+    bmode, ceus, mask, _ = dataset[0]  # mufnet handles missing modalities: a mask follows
     assert torch.count_nonzero(ceus) == 0 and torch.count_nonzero(bmode) > 0
+    assert mask.tolist() == [1.0, 0.0] and dataset[1][2].tolist() == [1.0, 1.0]
 
 
 def test_cache_and_bags(tmp_path: Path) -> None:

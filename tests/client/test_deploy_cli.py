@@ -40,6 +40,8 @@ BAD_BUDGETS = [
     ({"dp_epsilon": 1.0, "dp_delta": 1.0}, "dp-delta must be in (0, 1)"),
     ({"dp_epsilon": 1.0, "dp_max_grad_norm": -1.0}, "dp-max-grad-norm must be > 0"),
     ({"dp_delta": 1e-5}, "--dp-delta need --dp-epsilon"),
+    ({"dp_noise_multiplier": 1.0}, "--dp-noise-multiplier need --dp-epsilon"),
+    ({"dp_epsilon": 1.0, "dp_noise_multiplier": 0.0}, "dp-noise-multiplier must be > 0"),
     ({"site_id": " "}, "site id must not be empty"),
 ]
 
@@ -69,6 +71,8 @@ def test_build_node_config(tmp_path: Path) -> None:
     assert build_node_config(manifest="m.csv", site_id="a")["data-path"] == str(
         Path("m.csv").absolute()
     )
+    fixed = build_node_config(manifest="m.csv", site_id="a", dp_epsilon=8, dp_noise_multiplier=1.1)
+    assert fixed["dp-noise-multiplier"] == 1.1
 
 
 @pytest.mark.parametrize(("kwargs", "fragment"), BAD_BUDGETS)

@@ -184,3 +184,92 @@ def test_site_gradcam_command_errors(
     assert main(args + extra) == 2
     assert text in capsys.readouterr().out
     assert get_task("lymph-node").backbone == "resnet18"  # presets untouched
+
+
+# ------------------------------------------- a trained model: the map follows the lesion
+
+CAM_SIZE = 64  # timm's test_resnet ends at 1/32 scale: a 2x2 map, one cell per quadrant
+QUADRANTS = [(0, 0), (0, 1), (1, 0), (1, 1)]  # (row, column) of the lesion's quadrant
+
+
+def _lesion_batch(
+    n: int, gen: torch.Generator, quadrant: tuple[int, int] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noisy dark images; label 1 has a bright 12x12 square (anywhere, or in ``quadrant``)."""
+    x = torch.rand(n, 3, CAM_SIZE, CAM_SIZE, generator=gen) * 0.4
+    y = torch.ones(n, dtype=torch.int64) if quadrant else torch.randint(0, 2, (n,), generator=gen)
+    for i in range(n):
+        if y[i] == 1:
+            if quadrant is None:
+                r, c = torch.randint(2, CAM_SIZE - 14, (2,), generator=gen).tolist()
+            else:
+                r, c = 10 + 32 * quadrant[0], 10 + 32 * quadrant[1]
+            x[i, :, r : r + 12, c : c + 12] = 1.0
+    return x, y
+
+
+def _quadrant_shares(heat: np.ndarray) -> np.ndarray:
+    """Share of the map's mass in each quadrant, in QUADRANTS order."""
+    h = heat.shape[0] // 2
+    mass = np.array([heat[r * h : (r + 1) * h, c * h : (c + 1) * h].sum() for r, c in QUADRANTS])
+    return mass / max(mass.sum(), 1e-12)
+
+
+@pytest.fixture(scope="module")
+def lesion_model() -> tuple[nn.Module, object]:
+    """``image_classifier`` (test_resnet) trained 20 SGD steps to tell lesion from no lesion,
+    the lesion anywhere in the image."""
+    from models import TaskSpec, create_model_for_task
+
+    task = TaskSpec(
+        name="lesion", model="image_classifier", modalities=("us",), classes=("clear", "lesion"),
+        image_size=CAM_SIZE, backbone="test_resnet",
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = create_model_for_task(task)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        x, y = _lesion_batch(16, gen)
+        loss = nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval(), task
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("quadrant", QUADRANTS)
+def test_trained_models_heat_map_follows_the_lesion(lesion_model, quadrant) -> None:  # type: ignore[no-untyped-def]
+    model, _ = lesion_model
+    x, _ = _lesion_batch(1, torch.Generator().manual_seed(1), quadrant)
+    result = gradcam_maps(model, [x], class_index=1)
+    assert result.probs[1] > 0.5  # the model sees the lesion
+    shares = _quadrant_shares(result.maps[0])
+    assert QUADRANTS[int(np.argmax(shares))] == quadrant and shares.max() > 0.5, shares
+
+
+@pytest.mark.slow
+def test_site_gradcam_pngs_show_the_heat_where_the_lesion_is(lesion_model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    model, task = lesion_model
+    torch.save(model.state_dict(), tmp_path / "model.pt")
+    (tmp_path / "task.json").write_text(task.to_json())
+    gen = torch.Generator().manual_seed(2)
+    lines = ["patient_id,label,split,us"]
+    for i, quadrant in enumerate(QUADRANTS):
+        x, _ = _lesion_batch(1, gen, quadrant)
+        pixels = (x[0, 0].numpy() * 255).round().astype(np.uint8)
+        Image.fromarray(pixels, mode="L").save(tmp_path / f"us{i}.png")
+        lines.append(f"P{i},lesion,test,us{i}.png")
+    (tmp_path / "manifest.csv").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "cams"
+    args = ["site", "gradcam", "--checkpoint", str(tmp_path / "model.pt")]
+    args += ["--manifest", str(tmp_path / "manifest.csv")]
+    args += ["--task-json", str(tmp_path / "task.json")]
+    assert main([*args, "--out", str(out), "--rows", "2,3,4,5"]) == 0
+    for row, quadrant in zip((2, 3, 4, 5), QUADRANTS, strict=True):
+        png = np.asarray(Image.open(out / f"row{row}_us.png").convert("RGB"), dtype=np.float64)
+        colour = np.abs(png[..., 0] - png[..., 1]) + np.abs(png[..., 1] - png[..., 2])
+        assert colour.max() > 0  # the grey image carries a heat map: not blank
+        shares = _quadrant_shares(colour)
+        assert QUADRANTS[int(np.argmax(shares))] == quadrant, (row, shares)

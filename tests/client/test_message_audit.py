@@ -9,10 +9,19 @@ import pandas as pd
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.common import (
+    Code,
+    EvaluateIns,
+    FitIns,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
 from flwr.supercore.task_identity import TaskIdentity
 
 from client import app as client_app
+from client import secagg_app
 from models import create_model_for_task, get_task, norm_state_keys
+from models.flat_record import unflatten_record
 from server.config import RunConfig
 from simulation.synthetic import generate_dual_center
 
@@ -48,6 +57,14 @@ OPTIONS = [
     ("central-dp", {"dp-safe-model": True}, {"clipping_norm": 1.0}, {}),
     ("fedbn", {}, {"keep-local-norm": True}, {}),
     ("fedprox", {}, {"proximal-mu": 0.1}, {}),
+    # every message-API privacy option at once: the site's own DP budget, the server asking
+    # for DP too (the stricter applies), and central DP's clipping
+    (
+        "local-dp+central-dp",
+        {"dp-safe-model": True, "dp-epsilon": 8.0, "dp-delta": 1e-4},
+        {"clipping_norm": 1.0},
+        {"dp-epsilon": 5.0, "dp-delta": 1e-4},
+    ),
     ("float16-updates", {"update-dtype": "float16"}, {}, {}),
 ]
 
@@ -185,3 +202,69 @@ def test_site_with_a_tiny_budget_declines_with_a_clear_reason(site_manifest: Pat
     assert (
         "declines round 1" in reply.error.reason and "dp-max-noise-multiplier" in reply.error.reason
     )
+
+
+# Secure aggregation (legacy API): what the site's NumPyClient hands to Flower's secaggplus_mod,
+# which quantises and masks the arrays before the reply leaves the site
+# (tests/strategies/test_secagg.py checks, over a real SecAgg+ run, that the server receives
+# masked vectors only). Scalars travel in clear, so they are audited here.
+# counts and timings only; `skipped-files` counts unreadable files, never names them
+SECAGG_SCALARS = {
+    "site-id",
+    "train-loss",
+    "train-seconds",
+    "train-steps",
+    "secagg-clipped-values",
+    "skipped-files",
+}
+
+
+def _secagg_config(run: dict) -> dict:
+    return {**dict(_config(run)), "secagg-max-weight": 1000.0, "secagg-clipping-range": 8.0}
+
+
+def _check_clear_scalars(metrics: dict, manifest: Path, *, allowed: set[str]) -> None:
+    for key, value in metrics.items():
+        assert key in allowed or key.startswith(("dp-", "summary-")), key
+        assert isinstance(value, bool | int | float | str), key
+    strings = {str(k) for k in metrics} | {str(v) for v in metrics.values()}
+    assert not _patient_ids(manifest) & strings
+
+
+SECAGG_OPTIONS = [
+    ("secagg", {}, {}),
+    ("secagg+local-dp", {"dp-safe-model": True}, {"dp-epsilon": 5.0, "dp-delta": 1e-4}),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "run", "node"), SECAGG_OPTIONS, ids=[o[0] for o in SECAGG_OPTIONS]
+)
+def test_secagg_site_hands_only_its_update_and_scalars_to_the_masking(
+    site_manifest: Path, name: str, run: dict, node: dict
+) -> None:
+    _, state = _global_arrays(dp_safe=bool(run.get("dp-safe-model")))
+    client = secagg_app.SiteNumPyClient(_context(site_manifest, node)).to_client()
+    params = ndarrays_to_parameters([t.numpy() for t in state.values()])
+    res = client.fit(FitIns(params, _secagg_config(run)))
+    assert res.status.code == Code.OK, res.status.message
+    update = parameters_to_ndarrays(res.parameters)
+    assert len(update) == len(state)
+    for (key, ref), array in zip(state.items(), update, strict=True):
+        assert array.shape == (tuple(ref.shape) or (1,)), key  # model-shaped, not data-shaped
+        assert not (array.ndim >= 2 and array.shape[-2:] == (IMAGE_SIZE, IMAGE_SIZE)), key
+    assert any(np.abs(a).max() > 0 for a in update)
+    assert 0 < res.num_examples <= 1000
+    _check_clear_scalars(res.metrics, site_manifest, allowed=SECAGG_SCALARS)
+    if node:
+        assert 0 < float(res.metrics["dp-epsilon-spent"]) <= node["dp-epsilon"] * 1.01
+
+    evaluated = client.evaluate(EvaluateIns(params, _secagg_config(run)))
+    assert evaluated.status.code == Code.OK, evaluated.status.message
+    _check_clear_scalars(
+        evaluated.metrics, site_manifest, allowed={"site-id", "eval-seconds", "skipped-files"}
+    )
+    record = unflatten_record(evaluated.metrics)
+    hist = np.asarray(record["summary-hist"])
+    assert hist.size <= 2 * 2 * BINS and np.all(hist >= 0)
+    assert hist.sum() == 2 * evaluated.num_examples  # counts, once per scored class

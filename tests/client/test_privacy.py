@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -11,9 +12,11 @@ from client.privacy import (
     PrivacyConfigError,
     PrivacyLedger,
     effective_budget,
+    grad_sample_mode_for,
     plan_noise_multiplier,
 )
 from client.site import RoundSettings, SiteSession, SiteSettings
+from models import create_model_for_task, get_task
 from simulation.synthetic import generate_dual_center
 
 torch.set_num_threads(1)
@@ -108,6 +111,29 @@ def test_dp_rounds_spend_within_budget_then_decline(manifest: Path) -> None:
         session.train_private(_rounds(3, 2), budget, ledger)
 
 
+def test_fixed_noise_multiplier_is_used_and_the_budget_still_caps(manifest: Path) -> None:
+    budget = PrivacyBudget.from_config(
+        {"dp-epsilon": 3.0, "dp-delta": 1e-4, "dp-noise-multiplier": 2.0}, source="node config"
+    )
+    assert budget.noise_multiplier == 2.0
+    # the stricter of site and server: the larger fixed noise
+    stricter = effective_budget(budget, PrivacyBudget(epsilon=9.0, noise_multiplier=3.0))
+    assert stricter.noise_multiplier == 3.0 and stricter.epsilon == 3.0
+    settings = SiteSettings.from_node_config(
+        {"data-path": str(manifest), "site-id": "a", "dp-epsilon": 3.0, "dp-delta": 1e-4,
+         "dp-noise-multiplier": 2.0}
+    )  # fmt: skip
+    session = SiteSession(settings, _rounds(1, 50).task, dp_safe=True)
+    ledger, reports = PrivacyLedger(), []
+    with pytest.raises(BudgetExhausted, match="above the site's budget 3"):
+        for server_round in range(1, 51):  # far more rounds than a budget of 3 allows
+            _, report, ledger = session.train_private(_rounds(server_round, 50), budget, ledger)
+            reports.append(report)
+    # it trained with the site's noise (not a planned one) until the cap
+    assert len(reports) >= 1 and all(r.noise_multiplier == 2.0 for r in reports)
+    assert reports[-1].epsilon_spent <= 3.0 * 1.001
+
+
 def test_site_with_budget_refuses_a_batchnorm_model(manifest: Path) -> None:
     settings = SiteSettings.from_node_config(
         {"data-path": str(manifest), "site-id": "a", "dp-epsilon": 3.0}
@@ -116,3 +142,49 @@ def test_site_with_budget_refuses_a_batchnorm_model(manifest: Path) -> None:
     session = SiteSession(settings, rounds.task)
     with pytest.raises(PrivacyConfigError, match="dp-safe-model=true"):
         session.privacy_budget(rounds)
+
+
+def _per_sample_grads(model: torch.nn.Module, mode: str, batch) -> dict[str, torch.Tensor]:
+    from opacus.grad_sample import get_gsm_class
+
+    wrapped = get_gsm_class(mode)(model, batch_first=True, loss_reduction="sum")
+    *inputs, target = batch
+    torch.nn.functional.cross_entropy(wrapped(*inputs), target, reduction="sum").backward()
+    return {n.removeprefix("_module."): p.grad_sample for n, p in wrapped.named_parameters()}
+
+
+def test_expanded_weights_give_the_per_sample_gradients_of_the_two_branch_model() -> None:
+    """The site trains MUF-Net with Opacus' expanded-weights mode (the fastest measured):
+    its per-sample gradients equal Opacus' hooks and a loop over single samples, although
+    the two branches share their weights."""
+    task = get_task("rcc-grading").replace(backbone="test_efficientnet", image_size=32)
+    torch.manual_seed(0)
+    model = create_model_for_task(task, dp_safe=True).train()
+    for module in model.modules():  # deterministic forward passes
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        if hasattr(module, "drop_prob"):
+            module.drop_prob = 0.0
+    assert grad_sample_mode_for(model) == "ew"
+    batch = (torch.randn(3, 3, 32, 32), torch.randn(3, 3, 32, 32), torch.tensor([0, 1, 1]))
+    ew = _per_sample_grads(copy.deepcopy(model), "ew", batch)
+    hooks = _per_sample_grads(copy.deepcopy(model), "hooks", batch)
+    single = []
+    for i in range(3):
+        one = copy.deepcopy(model)
+        x1, x2, y = (t[i : i + 1] for t in batch)
+        torch.nn.functional.cross_entropy(one(x1, x2), y, reduction="sum").backward()
+        single.append({n: p.grad for n, p in one.named_parameters()})
+    assert set(ew) == set(hooks) == set(single[0])
+    for name, grads in ew.items():
+        loop = torch.stack([s[name] for s in single])
+        torch.testing.assert_close(grads, hooks[name], rtol=1e-4, atol=1e-6)
+        # float32 sums in another order: compare against the tensor's own scale
+        scale = float(loop.abs().max())
+        torch.testing.assert_close(grads, loop, rtol=1e-3, atol=1e-3 * scale + 1e-7)
+
+
+def test_models_with_other_layers_keep_opacus_hooks() -> None:
+    gru = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.GRU(4, 2))
+    assert grad_sample_mode_for(gru) == "hooks"
+    assert grad_sample_mode_for(torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3))) == "ew"

@@ -12,7 +12,9 @@ from torch import nn  # noqa: E402
 
 from models._registry import ModelConfigError, create_model  # noqa: E402
 from models.cmusnet import SparseMILPooling  # noqa: E402
+from models.factory import create_model_for_task  # noqa: E402
 from models.losses import model_loss  # noqa: E402
+from models.tasks import get_task  # noqa: E402
 
 TINY = "test_efficientnet"
 SIZE = 32
@@ -164,3 +166,15 @@ def test_wrong_inputs_are_explained() -> None:
         model(bag, mask.float(), om, im)
     with pytest.raises(ValueError, match=r"the bag \(B, N, C, H, W\), its mask"):
         model(om, im)
+
+
+def test_glomerular_task_builds_cmusnet_with_model_options() -> None:
+    task = get_task("glomerular-disease").replace(backbone=TINY)
+    assert task.bags == ("tem",) and task.classes == ("IgAN", "MN", "LN")
+    model = create_model_for_task(task.with_model_options("top_k=2 loss_weights=0.5,0.5,0.5,1"))
+    assert model.top_k == 2 and model.loss_weights == (0.5, 0.5, 0.5, 1.0)
+    assert model.num_modalities == 3 and model.num_classes == 3
+    with pytest.raises(ValueError, match="expected key=value"):
+        task.with_model_options("top_k")
+    with pytest.raises(ModelConfigError, match="did you mean 'top_k'"):
+        create_model_for_task(task.with_model_options("topk=2"))

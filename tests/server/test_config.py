@@ -59,3 +59,11 @@ def test_pyproject_defaults_are_valid_run_config():
     defaults = pyproject["tool"]["flwr"]["app"]["config"]
     config = RunConfig.from_mapping(defaults)
     assert config.task == defaults["task"]
+
+
+def test_model_options_reach_the_task_and_bad_ones_are_named():
+    config = RunConfig.from_mapping({"task": "glomerular-disease", "model-options": "top_k=2"})
+    assert config.task_spec().model_kwargs["top_k"] == 2
+    assert config.client_config()["model-options"] == "top_k=2"
+    with pytest.raises(RunConfigError, match="expected key=value"):
+        RunConfig.from_mapping({"task": "glomerular-disease", "model-options": "top_k"})

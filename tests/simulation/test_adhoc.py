@@ -13,7 +13,14 @@ from PIL import Image
 
 from client.manifest import ManifestError, load_manifest
 from models import UnknownOptionError
-from models.tasks import TaskDefinitionError, TaskSpec, load_task_file, resolve_task
+from models.tasks import (
+    TaskDefinitionError,
+    TaskSpec,
+    get_task,
+    list_tasks,
+    load_task_file,
+    resolve_task,
+)
 from simulation.adhoc import AdhocRequest, AdhocTaskError, build_adhoc_task
 from simulation.ckd import resolve_ckd_source
 from simulation.cli import main
@@ -254,3 +261,9 @@ def test_task_json_round_trip_and_resolve(tmp_path: Path) -> None:
     assert resolve_task("ckd-risk", None).name == "ckd-risk"
     with pytest.raises(TaskDefinitionError, match="not both"):
         resolve_task("ckd-risk", tmp_path / "task.json")
+
+
+@pytest.mark.parametrize("name", list_tasks())
+def test_every_preset_survives_the_task_json_round_trip(name: str) -> None:
+    task = get_task(name)
+    assert TaskSpec.from_json(task.to_json()) == task

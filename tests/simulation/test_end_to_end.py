@@ -55,6 +55,7 @@ def test_results_follow_the_contract(run_dir: Path) -> None:
     for record in run["rounds"]:
         assert set(record["sites"]) == {"north", "south"}, record.get("failures")
         assert set(record["train"]) == {"north", "south"}
+        assert all(m["skipped-files"] == 0 for m in record["train"].values())  # clean data
     final = run["final"]
     # global metrics cover exactly the union of the sites' test rows
     assert final["global"]["n"] == sum(m["n"] for m in final["sites"].values()) > 0

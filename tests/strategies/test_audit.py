@@ -25,8 +25,9 @@ from strategies.audit import AUDIT_FILE, AuditTrail, dp_settings, update_l2_norm
 from strategies.fedavg import ClinicalFedAvg
 
 GLOBAL = {"w": torch.zeros(2, 3), "b": torch.ones(3), "steps": torch.tensor(5)}
-LINE_KEYS = {"round", "time", "asked", "answered", "missing", "failed", "sites", "dp"}
-SITE_KEYS = {"node-id", "num-examples", "update-l2-norm", "dp"}
+LINE_KEYS = {"round", "time", "asked", "answered", "missing", "failed", "rejected", "used"}
+LINE_KEYS |= {"sites", "dp"}
+SITE_KEYS = {"node-id", "num-examples", "update-l2-norm", "dp", "skipped-files"}
 
 
 @pytest.fixture(autouse=True)
@@ -71,8 +72,12 @@ def _round_replies() -> list[Message]:
     a = {"w": GLOBAL["w"] + 1, "b": GLOBAL["b"].clone(), "steps": torch.tensor(9)}
     b = {"w": GLOBAL["w"].clone(), "b": GLOBAL["b"] * 2, "steps": torch.tensor(7)}
     return [
-        _reply(11, _train_content("center-a", a, 30, **{"dp-epsilon-spent": 1.5})),
-        _reply(12, _train_content("center-b", b, 10, **{"dp-epsilon-spent": 0.0})),
+        _reply(
+            11, _train_content("center-a", a, 30, **{"dp-epsilon-spent": 1.5, "skipped-files": 2})
+        ),
+        _reply(
+            12, _train_content("center-b", b, 10, **{"dp-epsilon-spent": 0.0, "skipped-files": 0})
+        ),
         _reply(13, Error(code=100, reason="site center-c declined: budget spent")),
     ]
 
@@ -124,6 +129,7 @@ def test_strategy_writes_one_line_per_round(tmp_path: Path) -> None:
     assert site_a["update-l2-norm"] == pytest.approx(math.sqrt(6))  # integer arrays skipped
     assert site_b["update-l2-norm"] == pytest.approx(math.sqrt(3))
     assert site_a["dp"] == {"dp-epsilon-spent": 1.5} and site_b["dp"] == {"dp-epsilon-spent": 0.0}
+    assert site_a["skipped-files"] == 2 and site_b["skipped-files"] == 0
     assert "train-loss" not in lines[0]  # only privacy scalars are copied from the metrics
     assert entry["dp"] == settings
 

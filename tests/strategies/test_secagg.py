@@ -254,6 +254,7 @@ def test_strategy_adds_the_mean_update_and_audits_without_norms(tmp_path: Path) 
         "node-id": 2,
         "num-examples": 30,
         "update-l2-norm": None,
+        "skipped-files": None,
     }
 
 
@@ -324,6 +325,7 @@ TRAIN_SCALARS = {
     "train-seconds",
     "train-steps",
     "secagg-clipped-values",
+    "skipped-files",  # unreadable images the site skipped (a count)
     "eval-seconds",
 }
 DROPOUT, DROPOUT_ROUND = "east", 2

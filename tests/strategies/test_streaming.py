@@ -120,4 +120,6 @@ def test_streaming_strategy_matches_flowers_fedavg_end_to_end():
 
 def test_every_registered_strategy_aggregates_with_the_streaming_fedavg():
     for name, cls in STRATEGIES.items():
+        if name in ("fedmedian", "fedtrimmedavg", "krum"):
+            continue  # robust aggregation: a median / trimmed mean / one update, not a mean
         assert issubclass(cls, StreamingFedAvg), name
