@@ -80,6 +80,8 @@ def run(quick: bool = False) -> dict:
         config_one = rounds.train
 
         class _Batches:
+            dataset = None  # train_local reads loader.dataset's counters when there is one
+
             def __iter__(self):  # type: ignore[no-untyped-def]
                 return iter(batches)
 
