@@ -80,7 +80,7 @@ def run(quick: bool = False) -> dict:
         config_one = rounds.train
 
         class _Batches:
-            dataset = None  # pre-made batches: nothing to count as skipped
+            dataset = None  # train_local reads loader.dataset's counters when there is one
 
             def __iter__(self):  # type: ignore[no-untyped-def]
                 return iter(batches)
