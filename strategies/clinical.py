@@ -15,10 +15,11 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, Message, MetricRecord
 
 from models.metrics import ScoreSummary, summary_metrics
 from strategies.history import RoundRecord, RunHistory, SiteFailure
+from strategies.streaming import array_from_numpy
 from strategies.validation import Rejection, UpdateChecks, screen_updates
 
 if TYPE_CHECKING:
@@ -188,7 +189,7 @@ class ClinicalMetricsMixin:
                 want = self._sent[key].numpy().dtype
                 value = array.numpy()
                 if value.dtype != want:
-                    arrays[key] = Array(np.ascontiguousarray(value.astype(want)))
+                    arrays[key] = array_from_numpy(value.astype(want))  # keeps 0-d shapes
         return arrays
 
     def strategy_state(self) -> dict[str, Any]:

@@ -25,7 +25,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Message
+from flwr.app import ArrayRecord, Message
+
+from strategies.streaming import array_from_numpy
 
 __all__ = ["UpdateChecks", "Rejection", "screen_updates", "update_problems"]
 
@@ -179,7 +181,7 @@ def _cast_half(arrays: ArrayRecord, global_arrays: Mapping[str, np.ndarray]) -> 
         value = array.numpy()
         if value.dtype == np.float16:
             value = value.astype(global_arrays[key].dtype)
-        out[key] = Array(np.ascontiguousarray(value))
+        out[key] = array_from_numpy(value)  # (ascontiguousarray would make 0-d arrays 1-d)
     return out
 
 

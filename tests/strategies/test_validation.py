@@ -220,3 +220,19 @@ def test_float16_differences_are_judged_by_their_own_norm() -> None:
     shifted = {k: v + 100 if k != "steps" else v for k, v in _global_np().items()}
     _, rejected = screen_updates(shifted, diffs, UpdateChecks(differences=True))
     assert [r.node_id for r in rejected] == [4]  # the weights the global holds do not matter
+
+
+@pytest.mark.parametrize("name", ["fedavg", "fedadam"])
+def test_scalar_buffers_keep_their_shape_so_the_next_round_is_accepted(name: str) -> None:
+    # BatchNorm's num_batches_tracked is a 0-d int64 array: the mean of the sites' values is a
+    # float, cast back to int64, and must stay 0-d or every update of the next round is refused.
+    strategy = build_strategy(name, min_train_nodes=1, min_available_nodes=1)
+    strategy.configure_train(1, ArrayRecord(GLOBAL), ConfigRecord({}), _Grid([1, 2]))
+    arrays, _ = strategy.aggregate_train(1, [_update(1, _good()), _update(2, _good())])
+    assert arrays is not None
+    assert arrays["steps"].numpy().shape == () and arrays["steps"].numpy().dtype == np.int64
+    strategy.configure_train(2, arrays, ConfigRecord({}), _Grid([1, 2]))
+    replies = [_update(1, _good(0.3)), _update(2, _good(0.3))]
+    again, _ = strategy.aggregate_train(2, replies)
+    assert again is not None
+    assert not strategy.history.round(2).failures
