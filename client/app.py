@@ -9,16 +9,13 @@ What a reply carries (checked by tests/client/test_message_audit.py):
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import warnings
 from collections.abc import Mapping
 
-import numpy as np
 import torch
 from flwr.app import (
-    Array,
     ArrayRecord,
     ConfigRecord,
     Context,
@@ -30,12 +27,12 @@ from flwr.app import (
 from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import fixedclipping_mod
 from flwr.clientapp.typing import ClientAppCallable
-from flwr.common.constant import SType
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from client.manifest import ManifestError
 from client.privacy import BudgetExhausted, PrivacyConfigError, PrivacyLedger
 from client.site import RoundSettings, SiteConfigError, SiteSettings, get_session
+from models.array_codec import array_from_numpy, array_view
 from models.tasks import TaskDefinitionError
 
 __all__ = [
@@ -84,43 +81,15 @@ def state_from_record(record: ArrayRecord) -> dict[str, torch.Tensor]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         for key, array in record.items():
-            state[key] = torch.from_numpy(_array_view(array))
+            state[key] = torch.from_numpy(array_view(array))
     return state
-
-
-def _array_view(array: Array) -> np.ndarray:
-    data = array.data
-    buffer = io.BytesIO(data)
-    try:
-        version = np.lib.format.read_magic(buffer)
-        read = (
-            np.lib.format.read_array_header_1_0
-            if version == (1, 0)
-            else np.lib.format.read_array_header_2_0
-        )
-        shape, fortran_order, dtype = read(buffer)
-    except ValueError:
-        return array.numpy()
-    if fortran_order or dtype.hasobject:
-        return array.numpy()
-    count = int(np.prod(shape, dtype=np.int64))
-    return np.frombuffer(data, dtype=dtype, count=count, offset=buffer.tell()).reshape(shape)
 
 
 def record_from_state(state: Mapping[str, torch.Tensor]) -> ArrayRecord:
     """``ArrayRecord(state)`` with one copy of each tensor's data instead of two."""
-    out = {}
-    for key, tensor in state.items():
-        value = tensor.detach().cpu().contiguous().numpy()
-        header = io.BytesIO()
-        np.lib.format.write_array_header_1_0(
-            header, np.lib.format.header_data_from_array_1_0(value)
-        )
-        data = b"".join([header.getvalue(), value.reshape(-1).view(np.uint8)])
-        out[key] = Array(
-            dtype=str(value.dtype), shape=tuple(value.shape), stype=SType.NUMPY, data=data
-        )
-    return ArrayRecord(out)
+    return ArrayRecord(
+        {key: array_from_numpy(t.detach().cpu().contiguous().numpy()) for key, t in state.items()}
+    )
 
 
 def encode_update(

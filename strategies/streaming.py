@@ -18,13 +18,13 @@ stream in) the sum is divided once at the end and agrees to float32 rounding.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterable
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
-from flwr.common.constant import SType
 from flwr.serverapp.strategy import FedAvg
+
+from models.array_codec import array_from_numpy, array_view
 
 __all__ = [
     "RunningMean",
@@ -34,40 +34,6 @@ __all__ = [
     "array_view",
     "array_from_numpy",
 ]
-
-
-def array_view(array: Array) -> np.ndarray:
-    """A read-only NumPy view of an :class:`~flwr.app.Array`'s bytes (no copy).
-
-    Falls back to ``array.numpy()`` (a copy) for anything but a C-ordered ``.npy`` payload.
-    """
-    data = array.data
-    buffer = io.BytesIO(data)
-    try:
-        version = np.lib.format.read_magic(buffer)
-        read_header = (
-            np.lib.format.read_array_header_1_0
-            if version == (1, 0)
-            else np.lib.format.read_array_header_2_0
-        )
-        shape, fortran_order, dtype = read_header(buffer)
-    except ValueError:
-        return array.numpy()
-    if fortran_order or dtype.hasobject:
-        return array.numpy()
-    count = int(np.prod(shape, dtype=np.int64))
-    return np.frombuffer(data, dtype=dtype, count=count, offset=buffer.tell()).reshape(shape)
-
-
-def array_from_numpy(value: np.ndarray) -> Array:
-    """``Array(value)`` with one copy of the data instead of Flower's two (``np.save`` into a
-    BytesIO, then ``getvalue``); the bytes are the same ``.npy`` payload."""
-    if not value.flags.c_contiguous:
-        value = value.copy(order="C")  # (ascontiguousarray would make 0-d arrays 1-d)
-    header = io.BytesIO()
-    np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(value))
-    data = b"".join([header.getvalue(), value.reshape(-1).view(np.uint8)])
-    return Array(dtype=str(value.dtype), shape=tuple(value.shape), stype=SType.NUMPY, data=data)
 
 
 def _sum_dtype(dtype: np.dtype) -> np.dtype:
