@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import os
 
-from models._heads import check_drop_rate, check_num_classes, finish
-from models._registry import ModelConfigError, register_model
-from models.backbones import create_backbone
-from models.mufnet import SingleModalityNet
+from models._registry import register_model
+from models.mufnet import SingleModalityNet, build_single_backbone_net
 
 __all__ = ["image_classifier"]
 
@@ -45,15 +43,13 @@ def image_classifier(
         drop_rate: dropout on the pooled features before the FC. Default 0.0.
         drop_path_rate: backbone stochastic depth. Default 0.0.
     """
-    problems = check_num_classes(num_classes) + check_drop_rate(drop_rate)
-    if problems:
-        raise ModelConfigError("cannot build image_classifier: " + "; ".join(problems))
-    net = create_backbone(
-        backbone,
+    return build_single_backbone_net(
+        "image_classifier",
+        num_classes=num_classes,
+        backbone=backbone,
         in_chans=in_chans,
         dp_safe=dp_safe,
         pretrained_path=pretrained_path,
+        drop_rate=drop_rate,
         drop_path_rate=drop_path_rate,
     )
-    model = SingleModalityNet(net, num_classes=num_classes, drop_rate=drop_rate)
-    return finish(model, dp_safe=dp_safe)

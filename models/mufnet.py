@@ -30,7 +30,13 @@ from models._heads import (
 from models._registry import ModelConfigError, register_model
 from models.backbones import backbone_out_features, create_backbone
 
-__all__ = ["MUFNet", "SingleModalityNet", "mufnet", "single_modality"]
+__all__ = [
+    "MUFNet",
+    "SingleModalityNet",
+    "build_single_backbone_net",
+    "mufnet",
+    "single_modality",
+]
 
 
 def _fusion_problems(
@@ -239,9 +245,33 @@ def single_modality(
         drop_rate: dropout on the pooled features before the FC. Default 0.0.
         drop_path_rate: backbone stochastic depth. Default 0.0.
     """
+    return build_single_backbone_net(
+        "single_modality",
+        num_classes=num_classes,
+        backbone=backbone,
+        in_chans=in_chans,
+        dp_safe=dp_safe,
+        pretrained_path=pretrained_path,
+        drop_rate=drop_rate,
+        drop_path_rate=drop_path_rate,
+    )
+
+
+def build_single_backbone_net(
+    name: str,
+    *,
+    num_classes: int,
+    backbone: str,
+    in_chans: int,
+    dp_safe: bool,
+    pretrained_path: str | os.PathLike[str] | None,
+    drop_rate: float,
+    drop_path_rate: float,
+) -> SingleModalityNet:
+    """One backbone + dropout + FC, checked; ``name`` is the registered model building it."""
     problems = check_num_classes(num_classes) + check_drop_rate(drop_rate)
     if problems:
-        raise ModelConfigError("cannot build single_modality: " + "; ".join(problems))
+        raise ModelConfigError(f"cannot build {name}: " + "; ".join(problems))
     net = create_backbone(
         backbone,
         in_chans=in_chans,
