@@ -34,7 +34,7 @@ from benchmarks._common import Target, bench_main, ratio
 from client.dataset import make_loader
 from client.manifest import load_manifest
 from client.site import RoundSettings, training_seed
-from client.train import evaluate, train_local
+from client.train import evaluate, recalibrate_batchnorm, train_local
 from models import create_model_for_task
 from server.config import RunConfig
 from simulation.runner import SimulationOptions, simulate
@@ -132,6 +132,15 @@ def plain_loop(manifest: Path, run_config: dict[str, Any]) -> dict[str, Any]:
                 config=rounds.train,
                 class_counts=manifests[site].class_counts("train"),
             )
+            if rounds.bn_recalibration:  # what a site does after its local epochs
+                rows = make_loader(
+                    manifests[site],
+                    "train",
+                    batch_size=rounds.batch_size,
+                    train=False,
+                    image_cache=caches[site, "train"],
+                )
+                recalibrate_batchnorm(model, rows)
             states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
             weights.append(result.num_examples)
         total = float(sum(weights))

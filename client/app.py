@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import warnings
 from collections.abc import Mapping
 
 import torch
@@ -32,7 +31,7 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 from client.manifest import ManifestError
 from client.privacy import BudgetExhausted, PrivacyConfigError, PrivacyLedger
 from client.site import RoundSettings, SiteConfigError, SiteSettings, get_session
-from models.array_codec import array_from_numpy, array_view
+from models.array_codec import array_from_numpy, tensor_views
 from models.tasks import TaskDefinitionError
 
 __all__ = [
@@ -75,14 +74,8 @@ def central_dp_clipping_mod(
 
 
 def state_from_record(record: ArrayRecord) -> dict[str, torch.Tensor]:
-    """The record's arrays as tensors that read the message's bytes in place (read-only; a
-    model's ``load_state_dict`` copies them), instead of ``to_torch_state_dict``'s copies."""
-    state = {}
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        for key, array in record.items():
-            state[key] = torch.from_numpy(array_view(array))
-    return state
+    """The record's arrays as read-only tensor views (see models.array_codec.tensor_views)."""
+    return tensor_views(record)
 
 
 def record_from_state(state: Mapping[str, torch.Tensor]) -> ArrayRecord:

@@ -30,7 +30,14 @@ from client.privacy import (
     make_private,
     plan_noise_multiplier,
 )
-from client.train import EvalResult, TrainConfig, TrainResult, evaluate, train_local
+from client.train import (
+    EvalResult,
+    TrainConfig,
+    TrainResult,
+    evaluate,
+    recalibrate_batchnorm,
+    train_local,
+)
 from models import create_model_for_task, norm_state_keys
 from models.tasks import TaskSpec, get_task
 
@@ -127,6 +134,7 @@ class RoundSettings:
     dp_requested: PrivacyBudget | None = None
     keep_local_norm: bool = False
     update_dtype: str = "float32"
+    bn_recalibration: bool = True
 
     @classmethod
     def from_config(cls, config: Mapping[str, object]) -> RoundSettings:
@@ -173,6 +181,7 @@ class RoundSettings:
             dp_requested=PrivacyBudget.from_config(config, source="run config"),
             keep_local_norm=bool(get("keep-local-norm", False)),
             update_dtype=str(get("update-dtype", "float32")),
+            bn_recalibration=bool(get("bn-recalibration", True)),
         )
 
 
@@ -290,12 +299,29 @@ class SiteSession:
             num_workers=self.settings.num_workers,
             image_cache=self.image_cache("train"),
         )
-        return train_local(
+        result = train_local(
             self.model,
             loader,
             config=rounds.train,
             class_counts=self.manifest.class_counts("train"),
         )
+        if rounds.bn_recalibration:
+            self.recalibrate_batchnorm(rounds)
+        return result
+
+    def recalibrate_batchnorm(self, rounds: RoundSettings) -> bool:
+        """BatchNorm statistics of the trained weights over this site's training rows, as
+        they are (no augmentation, no class balancing; see client.train.recalibrate_batchnorm).
+        Not for DP-SGD rounds: those models have no BatchNorm (Opacus refuses it)."""
+        loader = make_loader(
+            self.manifest,
+            "train",
+            batch_size=rounds.batch_size,
+            train=False,
+            num_workers=self.settings.num_workers,
+            image_cache=self.image_cache("train"),
+        )
+        return recalibrate_batchnorm(self.model, loader)
 
     def privacy_budget(self, rounds: RoundSettings) -> PrivacyBudget | None:
         """The budget in force: the stricter of the site's and the server's request."""

@@ -8,12 +8,14 @@ none, for reading), and keep 0-d arrays 0-d (``np.ascontiguousarray`` would make
 from __future__ import annotations
 
 import io
+import warnings
 
 import numpy as np
-from flwr.app import Array
+import torch
+from flwr.app import Array, ArrayRecord
 from flwr.common.constant import SType
 
-__all__ = ["array_from_numpy", "array_view"]
+__all__ = ["array_from_numpy", "array_view", "tensor_views"]
 
 
 def array_view(array: Array) -> np.ndarray:
@@ -48,3 +50,15 @@ def array_from_numpy(value: np.ndarray) -> Array:
     np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(value))
     data = b"".join([header.getvalue(), value.reshape(-1).view(np.uint8)])
     return Array(dtype=str(value.dtype), shape=tuple(value.shape), stype=SType.NUMPY, data=data)
+
+
+def tensor_views(record: ArrayRecord) -> dict[str, torch.Tensor]:
+    """The record's arrays as tensors that read the message's bytes in place (read-only: a
+    model's ``load_state_dict`` and ``torch.save`` copy them), instead of
+    ``ArrayRecord.to_torch_state_dict``'s copies."""
+    state = {}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        for key, array in record.items():
+            state[key] = torch.from_numpy(array_view(array))
+    return state

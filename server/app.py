@@ -19,6 +19,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
 from models import create_model_for_task
+from models.array_codec import tensor_views
 from models.tasks import TaskSpec
 from server.config import RunConfig, RunConfigError
 from server.resume import (
@@ -189,7 +190,7 @@ def _after_round_fn(
         _log.warning("no out-dir and no SQLite run store: this run cannot be resumed")
 
     def _after(server_round: int, arrays: ArrayRecord) -> None:
-        state = arrays.to_torch_state_dict()
+        state = tensor_views(arrays)  # no copy: the writers below copy what they keep
         if recorder is not None:
             recorder.save_checkpoint(server_round, state)
         if folder is not None:

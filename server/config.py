@@ -45,6 +45,7 @@ CLIENT_KEYS = (
     "weight-decay",
     "focal-gamma",
     "grad-clip-norm",
+    "bn-recalibration",
     "class-balanced-sampling",
     "seed",
     "score-bins",
@@ -84,6 +85,9 @@ class RunConfig:
     weight_decay: float = 1e-4
     focal_gamma: float = 2.0
     grad_clip_norm: float = 0.0
+    # Recompute BatchNorm statistics over the site's training rows after local training
+    # (client.train.recalibrate_batchnorm); off = keep the running averages as trained.
+    bn_recalibration: bool = True
     class_balanced_sampling: bool = True
     fraction_train: float = 1.0
     min_train_nodes: int = 2

@@ -44,8 +44,8 @@ _FORMAT = 1
 MUST_MATCH = (
     "task", "task-json", "backbone", "image-size", "num-server-rounds", "local-epochs",
     "batch-size", "learning-rate", "lr-step-epochs", "lr-gamma", "momentum", "weight-decay",
-    "focal-gamma", "grad-clip-norm", "class-balanced-sampling", "seed", "dp-safe-model",
-    "dp-epsilon", "dp-delta", "dp-max-grad-norm", "central-dp-noise-multiplier",
+    "focal-gamma", "grad-clip-norm", "bn-recalibration", "class-balanced-sampling", "seed",
+    "dp-safe-model", "dp-epsilon", "dp-delta", "dp-max-grad-norm", "central-dp-noise-multiplier",
     "central-dp-clipping-norm", "strategy", "proximal-mu", "server-lr", "trim-beta",
     "krum-malicious", "fraction-train",
 )  # fmt: skip

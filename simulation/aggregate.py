@@ -193,6 +193,9 @@ def comparisons(
 
     - ``federated vs local``: ``reference`` (e.g. fedavg) against each hospital's own model:
       on all sites' rows (every row scored by its own site's local model) and on each site's;
+    - ``federated vs local-only model``: ``reference`` against each site's local model on
+      every site's rows (a model trained at one hospital, used everywhere; their mean is
+      "the mean of the local-only models");
     - ``fused vs single modality``: ``reference`` against ``reference[<modality>]`` for each
       single-modality variant, and against the best of them (highest out-of-fold AUC).
     """
@@ -210,6 +213,11 @@ def comparisons(
             out.append(_compare(reps, reference, LOCAL, sites, seed, what, "all sites"))
             for site in sites:
                 out.append(_compare(reps, reference, f"local:{site}", [site], seed, what, site))
+            for site in sites:
+                everywhere = f"{reference} vs local-only model"
+                out.append(
+                    _compare(reps, reference, f"local:{site}", sites, seed, everywhere, "all sites")
+                )
         aucs = {}
         for single in singles:
             rows = oof_rows(reps, single, seed, sites)

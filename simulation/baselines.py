@@ -24,7 +24,7 @@ import torch
 
 from client.dataset import make_loader
 from client.manifest import Manifest, load_manifest
-from client.train import TrainConfig, evaluate, train_local
+from client.train import TrainConfig, evaluate, recalibrate_batchnorm, train_local
 from models import create_model_for_task
 from models.metrics import ScoreSummary, summary_metrics
 from server.config import RunConfig
@@ -61,6 +61,7 @@ def _train_and_track(
     torch.manual_seed(config.seed)  # the same initial model as the federation's
     model = create_model_for_task(task, dp_safe=config.uses_dp_model)
     history = RunHistory()
+    prepared_train_images: dict = {}  # decoded once for the BatchNorm recalibration passes
     started = time.perf_counter()
     for server_round in range(1, config.num_server_rounds + 1):
         round_started = time.perf_counter()
@@ -88,6 +89,15 @@ def _train_and_track(
             ),
             class_counts=train_on.class_counts("train"),
         )
+        if config.bn_recalibration:  # as a site does after its local epochs (client.site)
+            rows = make_loader(
+                train_on,
+                "train",
+                batch_size=config.batch_size,
+                train=False,
+                image_cache=prepared_train_images,
+            )
+            recalibrate_batchnorm(model, rows)
         record = history.round(server_round)
         record.train[name] = {"num-examples": result.num_examples, "train-loss": result.mean_loss}
         total: ScoreSummary | None = None

@@ -142,7 +142,8 @@ def _answer(results: dict[str, Any]) -> list[str]:
     summary = results["summary"]
     ref = results["experiment"]["reference"]
     for c in results.get("comparisons") or []:
-        if c["rows"] != "all sites" or c["comparison"] == "fused vs single":
+        skip = ("fused vs single", _local_only_name(ref))  # the latter: _local_only_answer
+        if c["rows"] != "all sites" or c["comparison"] in skip:
             continue
         verdict = "higher" if c["diff"] > 0 else "lower"
         lines.append(
@@ -154,6 +155,7 @@ def _answer(results: dict[str, Any]) -> list[str]:
             f"(95% CI of the difference {_f(c['diff_ci'][0])} to {_f(c['diff_ci'][1])}), "
             f"DeLong P {_p(c['p'])}."
         )
+    lines += _local_only_answer(results)
     if ref in summary and "local" in summary:
         a = summary[ref]["site-mean"].get("auc", {})
         b = summary["local"]["site-mean"].get("auc", {})
@@ -162,6 +164,37 @@ def _answer(results: dict[str, Any]) -> list[str]:
                 f"- Mean over sites of each site's own test AUC: {ref} {_cell(a)}, "
                 f"each hospital alone {_cell(b)}."
             )
+    return lines
+
+
+def _local_only_name(reference: str) -> str:
+    return f"{reference} vs local-only model"
+
+
+def _local_only_answer(results: dict[str, Any]) -> list[str]:
+    """The reference against the mean of the local-only models, each used on every site."""
+    ref = results["experiment"]["reference"]
+    lines = []
+    for seed in sorted({c["seed"] for c in results.get("comparisons") or []}):
+        comps = [
+            c
+            for c in results["comparisons"]
+            if c["comparison"] == _local_only_name(ref) and c["seed"] == seed
+        ]
+        if not comps:
+            continue
+        mean = sum(c["auc_b"] for c in comps) / len(comps)
+        verdict = "higher" if comps[0]["auc_a"] >= mean else "lower"
+        each = "; ".join(
+            f"{c['b']} {_f(c['auc_b'])} (difference {_f(c['diff'])}, "
+            f"95% CI {_f(c['diff_ci'][0])} to {_f(c['diff_ci'][1])}, DeLong P {_p(c['p'])})"
+            for c in comps
+        )
+        lines.append(
+            f"- **{ref} vs the mean of the local-only models** (each site's model used on every "
+            f"site's rows; seed {seed}, {comps[0]['n']} test rows): AUC {_f(comps[0]['auc_a'])} "
+            f"vs {_f(mean)}, {verdict} by {_f(abs(comps[0]['auc_a'] - mean))}. Each: {each}."
+        )
     return lines
 
 
@@ -367,7 +400,8 @@ def write_experiment_report(
             "",
             "Every row of the compared set is scored by both models (out-of-fold: each patient by",
             "the models of the fold that held it out). `local` scores each row with its own",
-            "site's local model; `local:<site>` is compared on that site's rows only.",
+            "site's local model; `local:<site>` is compared on that site's rows only, except in",
+            "the `local-only model` rows, where one site's model scores every site's rows.",
             "",
             *comp,
             "",

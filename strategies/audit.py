@@ -35,7 +35,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,8 +43,10 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, Message
 
+from models.array_codec import array_view
 from strategies.clinical import site_of
 from strategies.history import json_safe
+from strategies.validation import update_norm
 
 __all__ = [
     "AUDIT_FILE",
@@ -91,20 +92,11 @@ def update_l2_norm(
     Raises:
         ValueError: when the reply holds an array the global model lacks or of another shape.
     """
-    total = 0.0
-    for key, array in reply_arrays.items():
-        new = array.numpy()
-        if not np.issubdtype(new.dtype, np.floating):
-            continue
-        if key not in global_arrays:
-            raise ValueError(f"reply array {key!r} is not in the global model")
-        ref = global_arrays[key]
-        old = ref if isinstance(ref, np.ndarray) else ref.numpy()
-        if old.shape != new.shape:
-            raise ValueError(f"reply array {key!r} has shape {new.shape}, expected {old.shape}")
-        diff = new.astype(np.float64).ravel() - old.astype(np.float64).ravel()
-        total += float(np.dot(diff, diff))
-    return math.sqrt(total)
+    reference = {
+        key: value if isinstance(value, np.ndarray) else array_view(value)
+        for key, value in global_arrays.items()
+    }
+    return update_norm(reference, reply_arrays)
 
 
 @dataclass
@@ -248,6 +240,7 @@ class AuditTrail:
         *,
         rejected: Mapping[int, tuple[str, str]] | None = None,
         senders: Mapping[str, int] | None = None,
+        norms: Mapping[int, float] | None = None,
     ) -> RoundAudit:
         """Audit the train replies of ``server_round`` (call before aggregating them).
 
@@ -258,9 +251,11 @@ class AuditTrail:
                 in ``replies``). Default: none.
             senders: message id -> node id of the messages sent this round, to attribute the
                 error replies the SuperLink makes for unreachable nodes. Default: none.
+            norms: ``id(reply) -> update norm`` already computed by the server's update
+                checks (``strategies.validation``); others are computed here.
         """
         asked = self._asked if self._round == server_round else []
-        updates = [self._site_update(msg, senders or {}) for msg in replies]
+        updates = [self._site_update(msg, senders or {}, norms or {}) for msg in replies]
         for node_id, (site, reason) in (rejected or {}).items():
             self._site_names[int(node_id)] = site
             updates.append(
@@ -295,7 +290,9 @@ class AuditTrail:
         )
         return entry
 
-    def _site_update(self, msg: Message, senders: Mapping[str, int]) -> SiteUpdate:
+    def _site_update(
+        self, msg: Message, senders: Mapping[str, int], norms: Mapping[int, float]
+    ) -> SiteUpdate:
         node_id = senders.get(msg.metadata.reply_to_message_id, int(msg.metadata.src_node_id))
         if msg.has_error():
             reason = str(msg.error.reason or "")
@@ -317,7 +314,9 @@ class AuditTrail:
                 if key.startswith("dp-") and isinstance(value, int | float):
                     update.dp[key] = float(value)
         arrays = next(iter(content.array_records.values()), None)
-        if arrays is not None and self._global is not None:
+        if id(msg) in norms:
+            update.update_norm = norms[id(msg)]
+        elif arrays is not None and self._global is not None:
             try:
                 update.update_norm = update_l2_norm(self._global_numpy(), arrays)
             except ValueError as err:
@@ -326,5 +325,5 @@ class AuditTrail:
 
     def _global_numpy(self) -> dict[str, np.ndarray]:
         if not self._global_np and self._global is not None:
-            self._global_np = {k: v.numpy() for k, v in self._global.items()}
+            self._global_np = {k: array_view(v) for k, v in self._global.items()}
         return self._global_np

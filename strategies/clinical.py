@@ -11,12 +11,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord
 
+from models.array_codec import array_view
 from models.metrics import ScoreSummary, summary_metrics
 from strategies.history import RoundRecord, RunHistory, SiteFailure
 from strategies.streaming import array_from_numpy
@@ -111,6 +112,7 @@ class ClinicalMetricsMixin:
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
         rejected: list[Rejection] = []
+        norms: dict[int, float] = {}
         if self.update_checks is not None and self._sent is not None:
             checks = dataclasses.replace(
                 self.update_checks,
@@ -118,12 +120,12 @@ class ClinicalMetricsMixin:
                 # update-dtype float16 (strategies.streaming): replies are differences
                 differences=getattr(self, "update_dtype", "float32") != "float32",
             )
-            global_np = {k: v.numpy() for k, v in self._sent.items()}
+            global_np = {k: array_view(v) for k, v in self._sent.items()}
             for msg in replies:
                 if not msg.has_error():
                     self._site_names[int(msg.metadata.src_node_id)] = site_of(msg)
-            replies, rejected = screen_updates(global_np, replies, checks)
-        usable = self.record_train_replies(server_round, replies, rejected=rejected)
+            replies, rejected = screen_updates(global_np, replies, checks, norms=norms)
+        usable = self.record_train_replies(server_round, replies, rejected=rejected, norms=norms)
         if usable < self.min_answers:
             record = self.history.round(server_round)
             record.note = (
@@ -141,6 +143,7 @@ class ClinicalMetricsMixin:
         replies: list[Message],
         *,
         rejected: Iterable[Rejection] = (),
+        norms: Mapping[int, float] | None = None,
     ) -> int:
         """Audit the round's train replies and note each site's scalars or failure (error
         reply, rejected update, no reply) in :attr:`history`; returns the number of usable
@@ -152,6 +155,7 @@ class ClinicalMetricsMixin:
                 server_round,
                 replies,
                 senders=senders,
+                norms=norms,
                 rejected={
                     r.node_id: (self._site_names.get(r.node_id, str(r.node_id)), r.reason)
                     for r in rejected
@@ -186,8 +190,8 @@ class ClinicalMetricsMixin:
             return arrays
         for key, array in list(arrays.items()):
             if key in self._sent:
-                want = self._sent[key].numpy().dtype
-                value = array.numpy()
+                want = array_view(self._sent[key]).dtype
+                value = array_view(array)
                 if value.dtype != want:
                     arrays[key] = array_from_numpy(value.astype(want))  # keeps 0-d shapes
         return arrays

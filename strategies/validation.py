@@ -27,9 +27,10 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import ArrayRecord, Message
 
+from models.array_codec import array_view
 from strategies.streaming import array_from_numpy
 
-__all__ = ["UpdateChecks", "Rejection", "screen_updates", "update_problems"]
+__all__ = ["UpdateChecks", "Rejection", "screen_updates", "update_norm", "update_problems"]
 
 _HALF_OK = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -98,7 +99,7 @@ def update_problems(
         if key not in global_arrays:
             continue
         ref = global_arrays[key]
-        new = array.numpy()
+        new = array_view(array)
         if tuple(new.shape) != tuple(ref.shape):
             problems.append(f"{key}: shape {tuple(new.shape)}, expected {tuple(ref.shape)}")
             continue
@@ -116,6 +117,7 @@ def screen_updates(
     global_arrays: Mapping[str, np.ndarray],
     replies: Iterable[Message],
     checks: UpdateChecks,
+    norms: dict[int, float] | None = None,
 ) -> tuple[list[Message], list[Rejection]]:
     """Split a round's train replies into (accepted, rejected).
 
@@ -126,10 +128,12 @@ def screen_updates(
         global_arrays: the global model sent this round, as NumPy arrays.
         replies: the round's train replies.
         checks: what to check.
+        norms: if given, filled with ``id(reply) -> update norm`` of the accepted replies
+            (the audit reuses them instead of computing them again).
     """
     kept: list[Message] = []
     rejected: list[Rejection] = []
-    norms: dict[int, float] = {}
+    norms = {} if norms is None else norms
     for msg in replies:
         if msg.has_error():
             kept.append(msg)
@@ -150,7 +154,7 @@ def screen_updates(
             rejected.append(Rejection(node, "; ".join(problems)))
             continue
         msg.content[name] = _cast_half(arrays, global_arrays)
-        norms[id(msg)] = _update_norm(
+        norms[id(msg)] = update_norm(
             None if checks.differences else global_arrays, msg.content[name]
         )
         kept.append(msg)
@@ -163,6 +167,7 @@ def screen_updates(
                 norm = norms[id(msg)]
                 if norm > limit:
                     kept.remove(msg)
+                    del norms[id(msg)]
                     rejected.append(
                         Rejection(
                             int(msg.metadata.src_node_id),
@@ -174,28 +179,42 @@ def screen_updates(
 
 
 def _cast_half(arrays: ArrayRecord, global_arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
-    if not any(a.numpy().dtype == np.float16 for a in arrays.values()):
+    if not any(array_view(a).dtype == np.float16 for a in arrays.values()):
         return arrays
     out = ArrayRecord()
     for key, array in arrays.items():
-        value = array.numpy()
+        value = array_view(array)
         if value.dtype == np.float16:
             value = value.astype(global_arrays[key].dtype)
         out[key] = array_from_numpy(value)  # (ascontiguousarray would make 0-d arrays 1-d)
     return out
 
 
-def _update_norm(global_arrays: Mapping[str, np.ndarray] | None, arrays: ArrayRecord) -> float:
+def update_norm(global_arrays: Mapping[str, np.ndarray] | None, arrays: ArrayRecord) -> float:
     """``||reply - global||`` over floating arrays (``||reply||`` when ``global_arrays`` is
-    None: the reply is already a difference)."""
+    None: the reply is already a difference).
+
+    Reads the message's bytes in place and works in the arrays' own precision (float32 for
+    float32 models; each array's sum of squares is added up in float64): a relative error of
+    about 1e-5, against a 10x-median screening threshold, for a fraction of the time and
+    memory of float64 copies.
+
+    Raises:
+        ValueError: a floating array the global model lacks or of another shape.
+    """
     total = 0.0
     for key, array in arrays.items():
-        new = array.numpy()
+        new = array_view(array)
         if not np.issubdtype(new.dtype, np.floating):
             continue
-        diff = new.astype(np.float64).ravel()
+        diff = new.ravel()
         if global_arrays is not None:
-            diff = diff - global_arrays[key].astype(np.float64).ravel()
+            if key not in global_arrays:
+                raise ValueError(f"reply array {key!r} is not in the global model")
+            old = global_arrays[key]
+            if old.shape != new.shape:
+                raise ValueError(f"reply array {key!r} has shape {new.shape}, expected {old.shape}")
+            diff = np.subtract(diff, old.ravel(), dtype=np.result_type(new, old))
         total += float(np.dot(diff, diff))
     return math.sqrt(total)
 

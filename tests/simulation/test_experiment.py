@@ -127,6 +127,10 @@ def test_user_manifest_natural_sites_with_delong_comparisons(
     comps = {(c["comparison"], c["b"], c["rows"]): c for c in results["comparisons"]}
     assert ("fedavg vs local", "local", "all sites") in comps
     assert ("fedavg vs local", "local:Charité", "Charité") in comps
+    comparisons = results["comparisons"]
+    everywhere = [c for c in comparisons if c["comparison"] == "fedavg vs local-only model"]
+    assert {c["b"] for c in everywhere} == {"local:Charité", "local:St Mary's"}
+    assert all(c["rows"] == "all sites" for c in everywhere)
     best = [c for c in results["comparisons"] if c["comparison"] == "fused vs best single"]
     assert len(best) == 1 and best[0]["b"] in ("fedavg[bmode]", "fedavg[ceus]")
     for c in results["comparisons"]:
@@ -139,6 +143,9 @@ def test_user_manifest_natural_sites_with_delong_comparisons(
     report = (out / "report.md").read_text()
     assert "| global |" in report and "DeLong comparisons" in report
     assert "fused vs best single" in report
+    mean_local = sum(c["auc_b"] for c in everywhere) / 2
+    assert "**fedavg vs the mean of the local-only models**" in report
+    assert f"vs {mean_local:.3f}" in report
 
 
 def test_partition_from_the_command_line(scenario: Path, tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from flwr.app import (
 )
 from flwr.supercore.task_identity import TaskIdentity
 
-from strategies.audit import AUDIT_FILE, AuditTrail
+from strategies.audit import AUDIT_FILE, AuditTrail, update_l2_norm
 from strategies.factory import build_strategy
 from strategies.validation import UpdateChecks, screen_updates, update_problems
 
@@ -236,3 +236,18 @@ def test_scalar_buffers_keep_their_shape_so_the_next_round_is_accepted(name: str
     again, _ = strategy.aggregate_train(2, replies)
     assert again is not None
     assert not strategy.history.round(2).failures
+
+
+def test_screening_hands_its_norms_to_the_audit() -> None:
+    replies = [_update(i, _good(0.1 * i)) for i in range(1, 5)]
+    scaled = _update(9, _good(60.0))
+    norms: dict[int, float] = {}
+    kept, _ = screen_updates(_global_np(), [*replies, scaled], UpdateChecks(), norms=norms)
+    assert set(norms) == {id(m) for m in kept}  # the rejected update's norm is dropped
+    expected = [update_l2_norm(_global_np(), m.content["arrays"]) for m in kept]
+    assert [norms[id(m)] for m in kept] == pytest.approx(expected, rel=1e-6)
+    audit = AuditTrail()
+    audit.start_round(1, arrays=ArrayRecord(GLOBAL), asked=[m.metadata.src_node_id for m in kept])
+    stale = {id(m): 123.0 + i for i, m in enumerate(kept)}  # the audit takes them as given
+    record = audit.record_train(1, kept, norms=stale)
+    assert [u.update_norm for u in record.updates] == [123.0 + i for i in range(len(kept))]
