@@ -47,7 +47,11 @@ def _epoch_images_per_second(loader: torch.utils.data.DataLoader, modalities: in
 
 def run(quick: bool = False) -> dict:
     torch.set_num_threads(1)
-    setup = bench_setup(quick)
+    # the platform benchmark's images and model; fewer patients: the ratios are per image
+    setup = {
+        **bench_setup(quick),
+        **({} if quick else {"patients": {"center-a": 30, "center-b": 4}}),
+    }
     epochs = 2 if quick else 3
     with tempfile.TemporaryDirectory(prefix="fedfusion-data-") as tmp:
         manifest_path = make_data(setup, Path(tmp) / "data")

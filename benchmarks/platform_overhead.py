@@ -48,18 +48,21 @@ _log = logging.getLogger(__name__)
 
 
 def bench_setup(quick: bool) -> dict[str, Any]:
-    """Sizes: a CPU-sized MUF-Net (EfficientNet-b0 branches) on small dual-center images."""
+    """Sizes: the CPU-sized MUF-Net round of the ``dual-center`` scenario (the demo): 80 + 60
+    patients with 2-4 image pairs each, EfficientNet-b0 branches at 96 px, 2 local epochs."""
     if quick:
         return {
             "patients": {"center-a": 8, "center-b": 6},
+            "images_per_patient": (2, 3),
             "image_size": 32,
             "backbone": "test_efficientnet",
             "rounds": 2,
             "local_epochs": 1,
         }
     return {
-        "patients": {"center-a": 30, "center-b": 20},
-        "image_size": 64,
+        "patients": {"center-a": 80, "center-b": 60},
+        "images_per_patient": (2, 4),
+        "image_size": 96,
         "backbone": "efficientnet_b0",
         "rounds": 3,
         "local_epochs": 2,
@@ -86,9 +89,9 @@ def make_data(setup: dict[str, Any], out_dir: Path, seed: int = 0) -> Path:
     return generate_dual_center(
         out_dir,
         patients_per_site=setup["patients"],
-        images_per_patient=(2, 3),
+        images_per_patient=setup["images_per_patient"],
         image_size=setup["image_size"],
-        high_grade_fraction=0.3,
+        high_grade_fraction=0.26,
         modality_signal=2.5,
         seed=seed,
     )
