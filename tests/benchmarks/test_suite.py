@@ -10,6 +10,13 @@ import math
 import pytest
 
 from benchmarks.run_all import BENCHMARKS, run_suite
+from simulation.ckd import resolve_ckd_source
+
+try:
+    resolve_ckd_source()
+    CKD_AVAILABLE = True
+except FileNotFoundError:  # a checkout without ../shared/data: that benchmark must say so
+    CKD_AVAILABLE = False
 
 # Besides the ratios, what each benchmark's JSON must hold.
 EXPECTED_KEYS = {
@@ -54,6 +61,10 @@ def test_quick_suite_writes_every_result_with_finite_positive_ratios(tmp_path):
         if importlib.util.find_spec(BENCHMARKS[name]) is None:  # another branch adds it
             assert result["status"] == "missing"
             continue
+        if name == "communication" and not CKD_AVAILABLE:  # its AUC run trains on UCI CKD
+            assert result["status"] == "failed"
+            assert "UCI CKD table not found" in result["reason"]
+            continue
         assert result.get("status") is None, result.get("reason")
         assert EXPECTED_KEYS[name] <= set(result), name
         assert EXPECTED_RATIOS[name] <= set(result["ratios"]), name
@@ -68,4 +79,5 @@ def test_quick_suite_writes_every_result_with_finite_positive_ratios(tmp_path):
     aggregation = results["aggregation"]
     assert all(row["max_abs_difference"] == 0.0 for row in aggregation["rows"])
     communication = results["communication"]
-    assert communication["ratios"]["uplink_fp16_over_fp32"] < 0.6
+    if CKD_AVAILABLE:
+        assert communication["ratios"]["uplink_fp16_over_fp32"] < 0.6
