@@ -275,7 +275,8 @@ def recalibrate_batchnorm(
         True when the statistics were recomputed; False when the model has no BatchNorm
         layer or the loader had no batch of two rows or more (statistics left as they were).
     """
-    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
         return False
     n_targets = MODEL_KINDS[kind_of(model)]
     used = 0
@@ -289,12 +290,14 @@ def recalibrate_batchnorm(
                 yield [tuple(x.to(device) for x in inputs)]
 
     model.to(device)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
+    before = [{k: b.clone() for k, b in m.named_buffers(recurse=False)} for m in norms]
     was_training = model.training
     update_bn(batches(), _CallWithInputs(model))
     model.train(was_training)  # update_bn restores the wrapper's mode, not the model's
     if not used:  # update_bn reset the statistics and saw nothing: keep the old ones
-        model.load_state_dict(before)
+        for module, buffers in zip(norms, before, strict=True):
+            for name, value in module.named_buffers(recurse=False):
+                value.copy_(buffers[name])
         return False
     return True
 
