@@ -35,6 +35,7 @@ __all__ = [
     "MULTICLASS_METRICS",
     "Repetition",
     "comparisons",
+    "local_only_comparison",
     "oof_rows",
     "out_of_fold",
     "summarise",
@@ -186,6 +187,11 @@ def _compare(
     return {"comparison": what, "a": a, "b": b, "rows": rows, "seed": seed, **result.to_dict()}
 
 
+def local_only_comparison(reference: str) -> str:
+    """The name of the comparisons of ``reference`` with one site's model on every site's rows."""
+    return f"{reference} vs local-only model"
+
+
 def comparisons(
     reps: Sequence[Repetition], sites: Sequence[str], *, reference: str
 ) -> list[dict[str, Any]]:
@@ -214,7 +220,7 @@ def comparisons(
             for site in sites:
                 out.append(_compare(reps, reference, f"local:{site}", [site], seed, what, site))
             for site in sites:
-                everywhere = f"{reference} vs local-only model"
+                everywhere = local_only_comparison(reference)
                 out.append(
                     _compare(reps, reference, f"local:{site}", sites, seed, everywhere, "all sites")
                 )

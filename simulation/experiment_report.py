@@ -20,6 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from simulation.aggregate import local_only_comparison  # noqa: E402
 from simulation.report import write_report  # noqa: E402
 
 __all__ = ["write_experiment_report", "summary_rows", "comparison_lines"]
@@ -142,7 +143,7 @@ def _answer(results: dict[str, Any]) -> list[str]:
     summary = results["summary"]
     ref = results["experiment"]["reference"]
     for c in results.get("comparisons") or []:
-        skip = ("fused vs single", _local_only_name(ref))  # the latter: _local_only_answer
+        skip = ("fused vs single", local_only_comparison(ref))  # the latter: _local_only_answer
         if c["rows"] != "all sites" or c["comparison"] in skip:
             continue
         verdict = "higher" if c["diff"] > 0 else "lower"
@@ -167,10 +168,6 @@ def _answer(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _local_only_name(reference: str) -> str:
-    return f"{reference} vs local-only model"
-
-
 def _local_only_answer(results: dict[str, Any]) -> list[str]:
     """The reference against the mean of the local-only models, each used on every site."""
     ref = results["experiment"]["reference"]
@@ -179,7 +176,7 @@ def _local_only_answer(results: dict[str, Any]) -> list[str]:
         comps = [
             c
             for c in results["comparisons"]
-            if c["comparison"] == _local_only_name(ref) and c["seed"] == seed
+            if c["comparison"] == local_only_comparison(ref) and c["seed"] == seed
         ]
         if not comps:
             continue
