@@ -49,7 +49,7 @@ def _federate(manifest: Path, run_config: dict[str, Any], out_dir: Path) -> dict
     return {
         "auc": float(entry["final"]["global"]["auc"]),
         "round_aucs": [float(r["global"].get("auc", float("nan"))) for r in entry["rounds"]],
-        "state": torch.load(out_dir / "fedavg" / "global_model.pt"),
+        "state": torch.load(out_dir / "fedavg" / "global_model.pt", weights_only=True),
         "wall_seconds": float(entry["wall_seconds"]),
     }
 

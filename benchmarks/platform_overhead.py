@@ -221,7 +221,7 @@ def federated_run(manifest: Path, run_config: dict[str, Any], out_dir: Path) -> 
     wall = time.perf_counter() - started
     (entry,) = results["runs"]
     rounds = [float(r["seconds"]) for r in entry["rounds"]]
-    final = torch.load(out_dir / "fedavg" / "global_model.pt")
+    final = torch.load(out_dir / "fedavg" / "global_model.pt", weights_only=True)
     cpu = [sum(b) - sum(a) for a, b in zip(marks, marks[1:], strict=False)]
     work = [b[0] - a[0] for a, b in zip(marks, marks[1:], strict=False)]
     return {

@@ -50,8 +50,8 @@ learning-rate = 0.05
 
 
 def _model_difference(plain: Path, secure: Path) -> dict[str, float]:
-    a = torch.load(plain / "fedavg" / "global_model.pt")
-    b = torch.load(secure / "fedavg" / "global_model.pt")
+    a = torch.load(plain / "fedavg" / "global_model.pt", weights_only=True)
+    b = torch.load(secure / "fedavg" / "global_model.pt", weights_only=True)
     worst, squares, count = 0.0, 0.0, 0
     for key, value in a.items():
         if not value.is_floating_point() or not b[key].is_floating_point():

@@ -32,6 +32,7 @@ from client.manifest import ManifestError
 from client.privacy import BudgetExhausted, PrivacyConfigError, PrivacyLedger
 from client.site import RoundSettings, SiteConfigError, SiteSettings, get_session
 from models.array_codec import array_from_numpy, tensor_views
+from models.refusals import refusal
 from models.tasks import TaskDefinitionError
 
 __all__ = [
@@ -47,8 +48,8 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 # Error codes for a site that cannot take part; Flower's own codes are small integers.
-SITE_DATA_ERROR = 100  # bad manifest or node config
-PRIVACY_BUDGET_EXHAUSTED = 101  # the next round would overspend the site's DP budget
+SITE_DATA_ERROR = refusal("data-invalid").code  # bad manifest or node config
+PRIVACY_BUDGET_EXHAUSTED = refusal("budget-exhausted").code  # would overspend the DP budget
 _LEDGER_KEY = "dp-ledger"
 _LOCAL_NORM_KEY = "fedbn-local-norm"  # context.state record: this site's norm layers (FedBN)
 _DP_KEYS = (
@@ -122,13 +123,19 @@ def _local_norm(context: Context, rounds: RoundSettings) -> dict | None:
 
 
 def _refuse(msg: Message, context: Context, err: Exception) -> Message:
+    """An Error reply with a code and a fixed sentence (models.refusals); the detail, which
+    may name files, rows or labels, stays in the site's log."""
     if isinstance(err, BudgetExhausted):
-        _log.warning("%s", err)
-        return Message(Error(code=PRIVACY_BUDGET_EXHAUSTED, reason=str(err)), reply_to=msg)
+        entry = refusal("budget-exhausted")
+    elif isinstance(err, ManifestError):
+        entry = refusal("data-invalid")
+    elif isinstance(err, SiteConfigError | PrivacyConfigError | TaskDefinitionError):
+        entry = refusal("site-config-invalid")
+    else:
+        entry = refusal("internal-error")
     site = str(context.node_config.get("site-id") or context.node_config.get("data-path") or "?")
-    reason = f"site {site} cannot take part: {err}"
-    _log.error("%s", reason)
-    return Message(Error(code=SITE_DATA_ERROR, reason=reason), reply_to=msg)
+    _log.error("site %s declines the message (%s): %s", site, entry.name, err)
+    return Message(Error(code=entry.code, reason=entry.reason), reply_to=msg)
 
 
 # Mods of the train function; a wrapper ClientApp (simulation) must register the same ones.
@@ -137,7 +144,15 @@ TRAIN_MODS = [central_dp_clipping_mod]
 
 @app.train(mods=TRAIN_MODS)
 def train(msg: Message, context: Context) -> Message:
-    """Load the global weights, train locally, reply with the new weights."""
+    """Load the global weights, train locally, reply with the new weights (or a refusal from
+    the closed list: an exception's text never leaves the site)."""
+    try:
+        return _train(msg, context)
+    except Exception as err:  # noqa: BLE001  # Flower would send str(err) to the server
+        return _refuse(msg, context, err)
+
+
+def _train(msg: Message, context: Context) -> Message:
     try:
         settings = SiteSettings.from_node_config(context.node_config)
         rounds = RoundSettings.from_config(msg.content["config"])
@@ -194,7 +209,15 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    """Evaluate the global weights on the site's own rows; reply with shareable counts."""
+    """Evaluate the global weights on the site's own rows; reply with shareable counts (or a
+    refusal from the closed list)."""
+    try:
+        return _evaluate(msg, context)
+    except Exception as err:  # noqa: BLE001
+        return _refuse(msg, context, err)
+
+
+def _evaluate(msg: Message, context: Context) -> Message:
     try:
         settings = SiteSettings.from_node_config(context.node_config)
         rounds = RoundSettings.from_config(msg.content["config"])

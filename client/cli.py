@@ -3,7 +3,8 @@
 ``fedfusion site check --manifest CSV --task TASK|--task-json FILE [--site NAME]
 [--no-image-check]`` is the
 site's preflight: it checks the manifest against the task and prints a summary per split, or
-every problem and exit code 2.
+every problem and exit code 2. ``site keys`` and ``site run`` are in client/deploy_cli.py,
+``site gradcam`` in client/gradcam.py, ``site ledger show|reset`` in client/ledger_cli.py.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from rich.table import Table
 
 from client.deploy_cli import add_site_commands
 from client.gradcam import add_gradcam_command
+from client.ledger_cli import add_ledger_commands
 from client.manifest import Manifest, ManifestError, load_manifest
 from models.tasks import list_tasks, resolve_task
 
@@ -38,7 +40,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """
     site = subparsers.add_parser(
         "site",
-        help="site-side commands: check a manifest, create keys, join a federation",
+        help=(
+            "site-side commands: check a manifest, create keys, join a federation, "
+            "show the privacy ledger"
+        ),
         description="Commands a hospital runs on its own machine.",
     )
     commands = site.add_subparsers(dest="site_command", metavar="COMMAND", required=True)
@@ -73,6 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     check.set_defaults(func=run_check, handler=run_check)
     add_site_commands(commands)  # `site keys`, `site run` (client/deploy_cli.py)
     add_gradcam_command(commands)  # `site gradcam` (client/gradcam.py)
+    add_ledger_commands(commands)  # `site ledger show|reset` (client/ledger_cli.py)
     return site
 
 

@@ -4,20 +4,28 @@ The site owns its budget: ``dp-epsilon``, ``dp-delta`` and ``dp-max-grad-norm`` 
 site's node config. The server may ask for DP too, but :func:`effective_budget` always takes
 the stricter of the two values, so a run config can tighten a site's limits, never loosen
 them. The spent epsilon is tracked with Opacus' RDP accountant across rounds
-(:class:`PrivacyLedger`, kept in the node's state) and a round that would exceed the budget is
-declined before any training happens.
+(:class:`PrivacyLedger`; :mod:`client.ledger` keeps it on the site's disk, per data set, across
+runs) and a round that would exceed the budget is declined before any training happens.
+
+DP noise and Poisson sampling draw from generators seeded from the OS's CSPRNG
+(:func:`dp_generator`), never from torch's global generator, which the site seeds with values
+the coordinator chooses.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import secrets
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import torch
 from opacus import PrivacyEngine
 from opacus.accountants import RDPAccountant
 from opacus.accountants.utils import get_noise_multiplier
+from opacus.data_loader import DPDataLoader
 from timm.layers import GroupNormAct
 from torch import nn
 from torch.optim import Optimizer
@@ -32,6 +40,7 @@ __all__ = [
     "plan_noise_multiplier",
     "make_private",
     "grad_sample_mode_for",
+    "dp_generator",
 ]
 
 _log = logging.getLogger(__name__)
@@ -134,7 +143,7 @@ def _more_noise(a: float | None, b: float | None) -> float | None:
 
 @dataclass
 class PrivacyLedger:
-    """Every DP-SGD step this site took in the run, as RDP accountant history."""
+    """DP-SGD steps as RDP accountant history: ``(noise_multiplier, sample_rate, steps)``."""
 
     history: list[tuple[float, float, int]] = field(default_factory=list)
 
@@ -226,6 +235,38 @@ def grad_sample_mode_for(model: nn.Module) -> str:
     return "ew"
 
 
+def dp_generator(device: str | torch.device = "cpu") -> torch.Generator:
+    """A torch generator of its own on ``device``, seeded with 63 bits from the OS's CSPRNG
+    (:func:`secrets.randbits`).
+
+    DP-SGD draws its noise and its Poisson samples from such generators, never from torch's
+    global generator: the site seeds that one with ``training_seed(seed, round, site)`` for
+    repeatable non-DP rounds, and those values are the coordinator's, so noise drawn from it
+    would be predictable by the very party DP protects against. The generator itself is
+    torch's ordinary PRNG (Philox on CUDA, Mersenne Twister on CPU): an unpredictable seed,
+    not cryptographic-strength noise (see :func:`make_private`).
+    """
+    generator = torch.Generator(device=device)
+    generator.manual_seed(secrets.randbits(63))
+    return generator
+
+
+_rng_explained = False
+
+
+def _explain_rng_once() -> None:
+    global _rng_explained
+    if _rng_explained:
+        return
+    _rng_explained = True
+    _log.info(
+        "DP-SGD noise and Poisson sampling come from torch generators seeded from the OS's "
+        "CSPRNG, independent of torch's global seed and of any seed the coordinator sends; "
+        "Opacus' secure_mode (torchcsprng) is off, so the noise is pseudo-random with an "
+        "unpredictable seed, without secure_mode's protection against floating-point attacks"
+    )
+
+
 def make_private(
     model: nn.Module,
     optimizer: Optimizer,
@@ -234,22 +275,60 @@ def make_private(
     noise_multiplier: float,
     max_grad_norm: float,
     grad_sample_mode: str | None = None,
+    device: str | torch.device | None = None,
 ) -> tuple[nn.Module, Optimizer, DataLoader, PrivacyEngine]:
     """Wrap for DP-SGD with Poisson sampling (uniform: the class-balanced sampler is not used,
     since accounting assumes every row has the same sampling probability).
 
-    ``grad_sample_mode`` is Opacus' per-sample gradient mode; default
-    :func:`grad_sample_mode_for` the model.
+    The noise and the Poisson sampling each draw from a generator of their own
+    (:func:`dp_generator`, seeded from the OS's CSPRNG), never from torch's global one, so
+    ``torch.manual_seed`` with a value the coordinator chose does not make them predictable,
+    and the global generator's state is left as it was by both. Opacus' ``secure_mode``
+    (torchcsprng, not installed) stays off; its "Secure RNG turned off" warning is replaced
+    by one log line per process saying what is used instead.
+
+    Args:
+        model: the model to train; its parameters' device (or ``device``) is where the noise
+            is drawn, so move it to its training device first.
+        optimizer: the optimizer over ``model``'s parameters.
+        loader: the training loader; only its dataset, batch count (sample rate =
+            1 / ``len(loader)``), workers and collate function are kept.
+        noise_multiplier: DP-SGD noise multiplier (> 0).
+        max_grad_norm: per-sample clipping norm (> 0).
+        grad_sample_mode: Opacus' per-sample gradient mode; default
+            :func:`grad_sample_mode_for` the model.
+        device: device of the noise generator. Default: that of ``model``'s first parameter
+            (CPU for a model without parameters).
+
+    Returns:
+        ``(model, optimizer, loader, engine)``: Opacus' wrapped model, DP optimizer, the
+        Poisson-sampling loader, and the engine whose ``accountant.history`` holds the steps.
     """
     mode = grad_sample_mode or grad_sample_mode_for(model)
-    engine = PrivacyEngine(accountant="rdp")
+    if device is None:
+        first = next(iter(model.parameters()), None)
+        device = first.device if first is not None else torch.device("cpu")
+    with warnings.catch_warnings():
+        # Opacus warns on every engine without secure_mode; _explain_rng_once says instead
+        # what the noise is drawn from.
+        warnings.filterwarnings("ignore", message="Secure RNG turned off", category=UserWarning)
+        engine = PrivacyEngine(accountant="rdp")
+    _explain_rng_once()
+    # Opacus' own Poisson wrapping would take the loader's generator (None: torch's global
+    # one), so build the Poisson loader here with a generator of its own, and hand it to
+    # Opacus as is (poisson_sampling=False only skips that wrapping and the guard below).
+    poisson_loader = DPDataLoader.from_data_loader(loader, generator=dp_generator("cpu"))
     private_model, private_optimizer, private_loader = engine.make_private(
         module=model,
         optimizer=optimizer,
-        data_loader=loader,
+        data_loader=poisson_loader,
         noise_multiplier=noise_multiplier,
         max_grad_norm=max_grad_norm,
-        poisson_sampling=True,
+        poisson_sampling=False,
+        noise_generator=dp_generator(device),
         grad_sample_mode=mode,
     )
+    # What Opacus does for poisson_sampling=True: per-sample gradients of one Poisson batch
+    # per step, never accumulated over several.
+    private_model.forbid_grad_accumulation()
     return private_model, private_optimizer, private_loader, engine

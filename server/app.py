@@ -94,7 +94,12 @@ def run_federation(
         on_round_end=compose(on_round_end, recorder.on_round_end if recorder else None),
     )
     strategy.min_answers = config.min_answers  # type: ignore[attr-defined]
-    strategy.update_checks = UpdateChecks(norm_factor=config.update_norm_factor)  # type: ignore[attr-defined]
+    strategy.update_checks = UpdateChecks(  # type: ignore[attr-defined]  # strategies/screening.py
+        norm_factor=config.update_norm_factor,
+        num_classes=config.task_spec().num_classes,
+        score_bins=config.score_bins,
+        max_site_examples=getattr(config, "max_site_examples", 100000),
+    )
     strategy.audit = AuditTrail(  # type: ignore[attr-defined]  # strategies/audit.py
         path=Path(config.out_dir) / AUDIT_FILE if config.out_dir else None,
         settings=dp_settings(config.to_dict()),

@@ -1,6 +1,6 @@
 """``fedfusion server resume RUN``: continue a crashed deployment run with ``flwr run``.
 
-The run's resume point (``resume.pt``, :mod:`server.resume`) holds its whole run config; this
+The run's resume point (``resume.json``, :mod:`server.resume`) holds its whole run config; this
 command submits the app again with that config plus ``resume-run`` so that the operator does
 not retype anything::
 
@@ -30,12 +30,13 @@ def register_resume(commands: argparse._SubParsersAction) -> None:
         "resume",
         help="continue a crashed run from its last round (submits it again with flwr run)",
         description=(
-            "Read the run's resume point (resume.pt, written after every round) and submit the "
-            "app again with the same run config and resume-run set: the run continues at the "
-            "next round and ends after the same number of rounds."
+            "Read the run's resume point (resume.json and its tensors file, written after every "
+            "round) and submit the app again with the same run config and resume-run set: the "
+            "run continues at the next round and ends after the same number of rounds. An old "
+            "pickled resume.pt is refused, never unpickled."
         ),
     )
-    p.add_argument("run", help="the run's out-dir, a resume.pt path, or its run-store id (--db)")
+    p.add_argument("run", help="the run's out-dir, a resume.json path, or its run-store id (--db)")
     p.add_argument("--db", default="", metavar="URL", help="run store, when RUN is a run id")
     p.add_argument("--app", default=".", help="the Flower app folder (default .)")
     p.add_argument("--connection", default="", help="the SuperLink connection for flwr run")

@@ -24,9 +24,9 @@ from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.serverapp import Grid, ServerApp
 
 from models import create_model_for_task
+from models.plan_secagg import SECAGG_MODULUS
 from server.app import FederationResult, compose, open_recorder, write_outputs
 from server.config import RunConfig
-from server.secagg_config import SECAGG_MODULUS
 from strategies.audit import AUDIT_FILE, AuditTrail, dp_settings
 from strategies.history import RoundRecord
 from strategies.secagg import SecureFedAvg

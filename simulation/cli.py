@@ -450,6 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     from client.cli import register as register_site
     from server.cli import register as register_dashboard
     from server.deploy_cli import register as register_server
+    from server.plan_cli import register as register_plan
 
     parser = argparse.ArgumentParser(
         prog="fedfusion",
@@ -461,6 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_site(subparsers)
     register_dashboard(subparsers)
     register_server(subparsers)
+    register_plan(subparsers)
     _add_list(subparsers)
     return parser
 

@@ -21,7 +21,8 @@ What it holds, and only that: node ids and site names, example counts, the L2 no
 site's update relative to the round's global model (floating-point arrays only), the ``dp-*``
 scalars each site reported about its own privacy accounting, the number of unreadable image
 files each site skipped (``skipped-files``), the DP settings of the run
-config and the error code/reason of a site that declined. Never images, rows, labels or
+config and the error code of a site that declined, with its reason only when that is one of
+the fixed sentences of :data:`strategies.screening.ERROR_SENTENCES`. Never images, rows, labels or
 patient identifiers; the norm is one number per site and round.
 
 :class:`AuditTrail` is fed by :class:`~strategies.clinical.ClinicalMetricsMixin`:
@@ -35,6 +36,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +48,7 @@ from flwr.app import ArrayRecord, Message
 from models.array_codec import array_view
 from strategies.clinical import site_of
 from strategies.history import json_safe
+from strategies.screening import error_reason
 from strategies.validation import update_norm
 
 __all__ = [
@@ -294,22 +297,22 @@ class AuditTrail:
         self, msg: Message, senders: Mapping[str, int], norms: Mapping[int, float]
     ) -> SiteUpdate:
         node_id = senders.get(msg.metadata.reply_to_message_id, int(msg.metadata.src_node_id))
-        if msg.has_error():
-            reason = str(msg.error.reason or "")
+        if msg.has_error():  # the code, and a fixed sentence at most: never a site's free text
+            code = msg.error.code
             return SiteUpdate(
                 node_id=node_id,
                 site=self._site_names.get(node_id, str(node_id)),
-                error_code=int(msg.error.code),
-                reason=reason[:_MAX_REASON] + ("..." if len(reason) > _MAX_REASON else ""),
+                error_code=code if isinstance(code, int) and not isinstance(code, bool) else -1,
+                reason=error_reason(code, msg.error.reason),
             )
         update = SiteUpdate(node_id=node_id, site=site_of(msg))
         self._site_names[node_id] = update.site
         content = msg.content
         for record in content.metric_records.values():
             if "num-examples" in record:
-                update.num_examples = int(record["num-examples"])  # type: ignore[arg-type]
+                update.num_examples = _count(record["num-examples"])
             if "skipped-files" in record:
-                update.skipped_files = int(record["skipped-files"])  # type: ignore[arg-type]
+                update.skipped_files = _count(record["skipped-files"])
             for key, value in record.items():
                 if key.startswith("dp-") and isinstance(value, int | float):
                     update.dp[key] = float(value)
@@ -327,3 +330,10 @@ class AuditTrail:
         if not self._global_np and self._global is not None:
             self._global_np = {k: array_view(v) for k, v in self._global.items()}
         return self._global_np
+
+
+def _count(value: object) -> int | None:
+    """A count a site reported, or None when it is not a finite whole number."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return int(value) if math.isfinite(value) and value == int(value) else None

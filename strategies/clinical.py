@@ -20,6 +20,7 @@ from flwr.app import ArrayRecord, Message, MetricRecord
 from models.array_codec import array_view
 from models.metrics import ScoreSummary, summary_metrics
 from strategies.history import RoundRecord, RunHistory, SiteFailure
+from strategies.screening import ReplyScreen, error_reason, harmonise_replies
 from strategies.streaming import array_from_numpy
 from strategies.validation import Rejection, UpdateChecks, screen_updates
 
@@ -45,11 +46,14 @@ class ClinicalMetricsMixin:
     """Per-site and global clinical metrics recorded in :attr:`history`; screened updates;
     k-of-n rounds.
 
-    Every train reply is screened (:mod:`strategies.validation`) before the Flower strategy
-    aggregates it; rejected updates, error replies and nodes that did not answer within the
-    round's timeout are recorded as failures of that round (history, audit, run store) and the
-    round goes on with the rest, provided at least :attr:`min_answers` usable updates came
-    back. With fewer, the global model stays as it was and the round carries a ``note``.
+    Every reply is screened on its own (:mod:`strategies.screening`: well-formed, a bound site
+    name, a plausible ``num-examples``; evaluate replies a score summary of the run's shape)
+    and every train update is judged against the global model (:mod:`strategies.validation`)
+    before the Flower strategy aggregates it; refused replies, error replies (code and fixed
+    sentence only) and nodes that did not answer within the round's timeout are recorded as
+    failures of that round (history, audit, run store) and the round goes on with the rest,
+    provided at least :attr:`min_answers` usable updates came back. With fewer, the global
+    model stays as it was and the round carries a ``note``.
 
     Args:
         on_round_end: called with the finished :class:`RoundRecord` after each evaluation.
@@ -58,7 +62,8 @@ class ClinicalMetricsMixin:
 
     #: Set by the ServerApp to record who was asked/answered and each update's norm.
     audit: AuditTrail | None = None
-    #: How updates are screened; None accepts every update (no checks).
+    #: How replies are screened; None skips the checks against the global model (keys,
+    #: shapes, NaN, norm), never the per-reply screening (which then uses the defaults).
     update_checks: UpdateChecks | None = UpdateChecks()
     #: The fewest usable updates that make a round; below it the global model is kept.
     min_answers: int = 1
@@ -75,7 +80,8 @@ class ClinicalMetricsMixin:
         self._round_started = time.perf_counter()
         self._sent: ArrayRecord | None = None
         self._asked: dict[str, list[Message]] = {"train": [], "evaluate": []}
-        self._site_names: dict[int, str] = {}  # node id -> site, from earlier replies
+        #: Per-reply screening; holds the node <-> site bindings and pinned row counts.
+        self.screen = ReplyScreen()
 
     def configure_train(self, server_round, arrays, config, grid):  # type: ignore[no-untyped-def]
         self._round_started = time.perf_counter()
@@ -110,8 +116,7 @@ class ClinicalMetricsMixin:
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
-        rejected: list[Rejection] = []
+        replies, rejected = self._screen_train(list(replies))
         norms: dict[int, float] = {}
         if self.update_checks is not None and self._sent is not None:
             checks = dataclasses.replace(
@@ -121,11 +126,11 @@ class ClinicalMetricsMixin:
                 differences=getattr(self, "update_dtype", "float32") != "float32",
             )
             global_np = {k: array_view(v) for k, v in self._sent.items()}
-            for msg in replies:
-                if not msg.has_error():
-                    self._site_names[int(msg.metadata.src_node_id)] = site_of(msg)
-            replies, rejected = screen_updates(global_np, replies, checks, norms=norms)
-        usable = self.record_train_replies(server_round, replies, rejected=rejected, norms=norms)
+            replies, judged = screen_updates(global_np, replies, checks, norms=norms)
+            rejected += judged
+        usable = self.record_train_replies(
+            server_round, replies, rejected=rejected, norms=norms, screened=True
+        )
         if usable < self.min_answers:
             record = self.history.round(server_round)
             record.note = (
@@ -134,8 +139,29 @@ class ClinicalMetricsMixin:
             )
             _log.warning("round %d: %s", server_round, record.note)
             return None, None
-        arrays, metrics = super().aggregate_train(server_round, replies)
+        arrays, metrics = super().aggregate_train(server_round, harmonise_replies(replies))
         return self._keep_dtypes(arrays), metrics
+
+    def _screen_train(self, replies: list[Message]) -> tuple[list[Message], list[Rejection]]:
+        """Each train reply on its own (:mod:`strategies.screening`): error replies pass
+        through (recorded as failures); malformed ones become rejections."""
+        senders = self._senders("train")
+        checks = self.update_checks or UpdateChecks()
+        weight_key = str(getattr(self, "weighted_by_key", "num-examples"))
+        kept: list[Message] = []
+        rejected: list[Rejection] = []
+        for msg in replies:
+            node = self._node(msg, senders)
+            reason = (
+                None
+                if msg.has_error()
+                else self.screen.train(msg, node, checks, weight_key=weight_key)
+            )
+            if reason is None:
+                kept.append(msg)
+            else:
+                rejected.append(Rejection(node, reason))
+        return kept, rejected
 
     def record_train_replies(
         self,
@@ -144,11 +170,16 @@ class ClinicalMetricsMixin:
         *,
         rejected: Iterable[Rejection] = (),
         norms: Mapping[int, float] | None = None,
+        screened: bool = False,
     ) -> int:
         """Audit the round's train replies and note each site's scalars or failure (error
         reply, rejected update, no reply) in :attr:`history`; returns the number of usable
-        updates. Called by :meth:`aggregate_train`, or by a wrapper that skips it."""
+        updates. Called by :meth:`aggregate_train`, or by a wrapper that skips it (then the
+        replies are screened here first: ``screened`` False)."""
         rejected = list(rejected)
+        if not screened:
+            replies, malformed = self._screen_train(list(replies))
+            rejected += malformed
         senders = self._senders("train")
         if self.audit is not None:
             self.audit.record_train(
@@ -157,29 +188,21 @@ class ClinicalMetricsMixin:
                 senders=senders,
                 norms=norms,
                 rejected={
-                    r.node_id: (self._site_names.get(r.node_id, str(r.node_id)), r.reason)
+                    r.node_id: (self.screen.name(r.node_id, str(r.node_id)), r.reason)
                     for r in rejected
                 },
             )
         record = self.history.round(server_round)
         for rejection in rejected:
             self._fail(record, "train", rejection.node_id, f"update rejected: {rejection.reason}")
-            _log.warning(
-                "round %d: update of %s rejected: %s",
-                server_round,
-                self._site_names.get(rejection.node_id, f"node {rejection.node_id}"),
-                rejection.reason,
-            )
         usable = 0
         for msg in replies:
             node = self._node(msg, senders)
             if msg.has_error():
-                self._fail(record, "train", node, str(msg.error.reason))
+                self._fail(record, "train", node, error_reason(msg.error.code, msg.error.reason))
                 continue
             usable += 1
-            self._site_names[node] = site_of(msg)
-            metrics = next(iter(msg.content.metric_records.values()))
-            record.train[site_of(msg)] = dict(metrics)
+            record.train[self.screen.name(node)] = dict(msg.content.metric_records["metrics"])
         self._record_missing(record, "train", replies, senders, rejected)
         return usable
 
@@ -197,7 +220,8 @@ class ClinicalMetricsMixin:
         return arrays
 
     def strategy_state(self) -> dict[str, Any]:
-        """What a checkpoint keeps of this strategy: its history and server-side state."""
+        """What a checkpoint keeps of this strategy: its history, server-side state and the
+        node <-> site bindings and pinned row counts of :attr:`screen`."""
         arrays = {}
         for name in self.resume_attributes:
             value = getattr(self, name, None)
@@ -206,7 +230,7 @@ class ClinicalMetricsMixin:
         return {
             "history": [dataclasses.asdict(r) for r in self.history.rounds],
             "arrays": arrays,
-            "site-names": dict(self._site_names),
+            **self.screen.state(),
         }
 
     def load_strategy_state(self, state: dict[str, Any]) -> None:
@@ -222,11 +246,19 @@ class ClinicalMetricsMixin:
                     "written by a run with another strategy?"
                 )
             setattr(self, name, {k: np.asarray(v) for k, v in value.items()})
-        self._site_names.update({int(k): str(v) for k, v in state.get("site-names", {}).items()})
+        self.screen.load_state(state)
 
     def _fail(self, record: RoundRecord, stage: str, node: int, reason: str) -> None:
-        site = self._site_names.get(node, "")
+        """One site's failure of one round: history (and so the run store) and the log."""
+        site = self.screen.name(node)
         record.failures.append(SiteFailure(record.round, stage, node, reason, site=site))
+        _log.warning(
+            "round %d: %s failed the %s stage: %s",
+            record.round,
+            site or f"node {node}",
+            stage,
+            reason,
+        )
 
     def _record_missing(
         self,
@@ -241,12 +273,6 @@ class ClinicalMetricsMixin:
         for node in (int(m.metadata.dst_node_id) for m in self._asked.get(stage, [])):
             if node not in seen:
                 self._fail(record, stage, node, "no reply within the round timeout")
-                _log.warning(
-                    "round %d: %s did not answer the %s request in time",
-                    record.round,
-                    self._site_names.get(node, f"node {node}"),
-                    stage,
-                )
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
@@ -255,25 +281,19 @@ class ClinicalMetricsMixin:
         record = self.history.round(server_round)
         total: ScoreSummary | None = None
         senders = self._senders("evaluate")
+        checks = self.update_checks or UpdateChecks()
         self._record_missing(record, "evaluate", replies, senders)
         for msg in replies:
+            node = self._node(msg, senders)
             if msg.has_error():
-                self._fail(record, "evaluate", self._node(msg, senders), msg.error.reason)
-                _log.warning(
-                    "round %d: evaluation failed at node %s: %s",
-                    server_round,
-                    self._node(msg, senders),
-                    msg.error.reason,
-                )
+                self._fail(record, "evaluate", node, error_reason(msg.error.code, msg.error.reason))
                 continue
-            metrics = next(iter(msg.content.metric_records.values()))
-            try:
-                summary = ScoreSummary.from_record(metrics)
-            except ValueError as err:
-                self._fail(record, "evaluate", self._node(msg, senders), str(err))
+            summary, reason = self.screen.evaluate(msg, node, checks)
+            if summary is None or (total is not None and total.hist.shape != summary.hist.shape):
+                reason = reason or "score summary of another shape than the round's other sites'"
+                self._fail(record, "evaluate", node, reason)
                 continue
-            site = site_of(msg)
-            record.sites[site] = {**summary_metrics(summary), "n": summary.n}
+            record.sites[self.screen.name(node)] = {**summary_metrics(summary), "n": summary.n}
             total = summary if total is None else total + summary
         if total is not None:
             record.global_metrics = {**summary_metrics(total), "n": total.n}

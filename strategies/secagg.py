@@ -47,6 +47,7 @@ from models.flat_record import unflatten_record
 from models.metrics import ScoreSummary, summary_metrics
 from strategies.audit import AuditTrail, RoundAudit, SiteUpdate
 from strategies.history import RoundRecord, RunHistory, SiteFailure
+from strategies.screening import error_reason, site_name_problem, summary_problem
 
 __all__ = ["SecureFedAvg", "SecAggOverflowError", "quantisation_error_bound"]
 
@@ -193,7 +194,7 @@ class SecureFedAvg(FedAvg):
         record = self.history.round(server_round)
         for proxy, fit_res in results:
             metrics = dict(fit_res.metrics)
-            site = str(metrics.pop("site-id", proxy.node_id))
+            site = _site(metrics.pop("site-id", None), proxy.node_id)
             record.train[site] = {"num-examples": fit_res.num_examples, **metrics}
         failures = _unique(failures)  # type: ignore[arg-type]
         for failure in failures:
@@ -249,12 +250,19 @@ class SecureFedAvg(FedAvg):
             record.failures.append(SiteFailure(server_round, "evaluate", node_id, reason))
         total: ScoreSummary | None = None
         for proxy, eval_res in results:
-            site = str(eval_res.metrics.get("site-id", proxy.node_id))
+            site = _site(eval_res.metrics.get("site-id"), proxy.node_id)
             try:
-                summary = ScoreSummary.from_record(unflatten_record(eval_res.metrics))
-            except ValueError as err:
+                summary, reason = summary_problem(
+                    unflatten_record(eval_res.metrics),
+                    num_classes=None if total is None else total.num_classes,
+                    score_bins=None if total is None else total.n_bins,
+                    num_examples=int(eval_res.num_examples),
+                )
+            except Exception as err:  # a malformed flattened record
+                summary, reason = None, f"invalid ScoreSummary record ({type(err).__name__})"
+            if summary is None:
                 record.failures.append(
-                    SiteFailure(server_round, "evaluate", int(proxy.node_id), str(err))
+                    SiteFailure(server_round, "evaluate", int(proxy.node_id), str(reason))
                 )
                 continue
             record.sites[site] = {**summary_metrics(summary), "n": summary.n}
@@ -291,7 +299,7 @@ class SecureFedAvg(FedAvg):
         updates = [
             SiteUpdate(
                 node_id=int(proxy.node_id),
-                site=str(fit_res.metrics.get("site-id", proxy.node_id)),
+                site=_site(fit_res.metrics.get("site-id"), proxy.node_id),
                 num_examples=fit_res.num_examples,
                 update_norm=None,  # hidden by secure aggregation
                 dp={
@@ -346,14 +354,23 @@ def _unique(failures: list[Failure]) -> list[Failure]:
 
 
 def _failure(failure: Failure) -> tuple[int, int, str]:
-    """(node id, error code, reason) of a legacy failure; SecAgg+ failures carry no node id."""
+    """(node id, error code, reason) of a legacy failure; SecAgg+ failures carry no node id.
+    The reason is the code and at most a fixed sentence (:func:`error_reason`), never the
+    site's own text."""
     if isinstance(failure, BaseException):
         error = failure.args[0] if failure.args else failure
         code = getattr(error, "code", 0)
+        code = code if isinstance(code, int) and not isinstance(code, bool) else 0
         reason = getattr(error, "reason", None) or str(error)
-        return _UNKNOWN_NODE, int(code) if isinstance(code, int) else 0, _short(str(reason))
+        return _UNKNOWN_NODE, code, error_reason(code, _short(str(reason)))
     proxy, res = failure
-    return int(proxy.node_id), int(res.status.code.value), _short(str(res.status.message))
+    code = int(res.status.code.value)
+    return int(proxy.node_id), code, error_reason(code, _short(str(res.status.message)))
+
+
+def _site(name: object, node_id: object) -> str:
+    """The site name a result carries when it is a plain name (else the node id)."""
+    return str(name) if site_name_problem(name) is None else str(node_id)
 
 
 def _short(reason: str) -> str:

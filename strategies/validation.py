@@ -14,6 +14,10 @@ global model the server sent and rejects, each with one line saying why:
   norm of the round's updates (only with at least ``min_sites_for_norm`` valid updates: with
   two, the median is their mean and a scaled update hides in it).
 
+Each reply is first screened on its own for being well-formed (decodable numeric arrays,
+metrics, ``num-examples``, the site's name): :mod:`strategies.screening`, configured by the
+same :class:`UpdateChecks`.
+
 The round goes on with the accepted updates; the strategy records the rejections in the round
 history, the audit trail and the run store.
 """
@@ -21,6 +25,7 @@ history, the audit trail and the run store.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -30,9 +35,17 @@ from flwr.app import ArrayRecord, Message
 from models.array_codec import array_view
 from strategies.streaming import array_from_numpy
 
-__all__ = ["UpdateChecks", "Rejection", "screen_updates", "update_norm", "update_problems"]
+__all__ = [
+    "UpdateChecks",
+    "Rejection",
+    "screen_updates",
+    "shown_key",
+    "update_norm",
+    "update_problems",
+]
 
 _HALF_OK = (np.dtype(np.float32), np.dtype(np.float64))
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9._/-]{1,200}")
 
 
 @dataclass(frozen=True)
@@ -48,6 +61,10 @@ class UpdateChecks:
             local); unknown keys are always rejected. Default False.
         differences: replies hold ``w_site - w_global`` (``update-dtype`` float16), not
             weights: the update norm is the reply's own norm. Default False.
+        num_classes: an evaluate reply's score summary must have this many classes; None
+            does not check. Default None.
+        score_bins: ... and this many score bins; None does not check. Default None.
+        max_site_examples: the largest ``num-examples`` a reply may report. Default 100000.
     """
 
     norm_factor: float = 10.0
@@ -55,12 +72,24 @@ class UpdateChecks:
     allow_float16: bool = True
     allow_missing_keys: bool = False
     differences: bool = False
+    num_classes: int | None = None
+    score_bins: int | None = None
+    max_site_examples: int = 100_000
 
     def __post_init__(self) -> None:
+        problems = []
         if not (self.norm_factor == 0 or self.norm_factor > 1):
-            raise ValueError(f"norm_factor must be 0 (off) or > 1, got {self.norm_factor}")
+            problems.append(f"norm_factor must be 0 (off) or > 1, got {self.norm_factor}")
         if self.min_sites_for_norm < 3:
-            raise ValueError(f"min_sites_for_norm must be >= 3, got {self.min_sites_for_norm}")
+            problems.append(f"min_sites_for_norm must be >= 3, got {self.min_sites_for_norm}")
+        if self.num_classes is not None and self.num_classes < 2:
+            problems.append(f"num_classes must be >= 2 or None, got {self.num_classes}")
+        if self.score_bins is not None and self.score_bins < 1:
+            problems.append(f"score_bins must be >= 1 or None, got {self.score_bins}")
+        if self.max_site_examples < 1:
+            problems.append(f"max_site_examples must be >= 1, got {self.max_site_examples}")
+        if problems:
+            raise ValueError("; ".join(problems))
 
 
 @dataclass(frozen=True)
@@ -219,6 +248,12 @@ def update_norm(global_arrays: Mapping[str, np.ndarray] | None, arrays: ArrayRec
     return math.sqrt(total)
 
 
+def shown_key(key: object) -> str:
+    """An array key as a reason may show it: plain state-dict names are echoed, anything else
+    a site could have put there (free text, control characters) is not."""
+    return repr(key) if isinstance(key, str) and _PLAIN_KEY.fullmatch(key) else "<unnamed key>"
+
+
 def _names(keys: list[str], limit: int = 3) -> str:
-    shown = ", ".join(repr(k) for k in keys[:limit])
+    shown = ", ".join(shown_key(k) for k in keys[:limit])
     return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")

@@ -23,18 +23,23 @@ Routes (all GET):
 =====================================  ========================================================
 
 Access: with a ``token``, every request must carry ``Authorization: Bearer TOKEN``; a browser
-may open any page once with ``?token=TOKEN``, which sets an HttpOnly cookie for the rest.
+may open any page once with ``?token=TOKEN``, which sets an HttpOnly cookie for the rest (and
+is redirected to the same path on this host, never elsewhere). Without a token the dashboard
+answers only requests addressed to this machine by a loopback name (``Host: localhost``,
+``127.0.0.1``, ``[::1]``, any port): a web page elsewhere cannot read it by pointing a DNS name
+of its own at 127.0.0.1 (DNS rebinding).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
@@ -112,6 +117,8 @@ def create_app(
 
     if token:  # added last, so it runs first: nothing is answered without the token
         app.middleware("http")(_token_guard(token))
+    else:  # added last, so it runs first: nothing is answered to another host name
+        app.middleware("http")(_loopback_host_guard)
 
     def _page(request: Request, name: str, **context: Any) -> HTMLResponse:
         return templates.TemplateResponse(
@@ -241,7 +248,7 @@ def _token_guard(
         if _matches(request.query_params.get("token")):
             # A browser opened a link with the token: keep it in a cookie, drop it from the URL.
             rest = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
-            target = request.url.path + (f"?{urlencode(rest)}" if rest else "")
+            target = _local_path(request.url.path) + (f"?{urlencode(rest)}" if rest else "")
             response = RedirectResponse(target, status_code=303)
             response.set_cookie(
                 TOKEN_COOKIE,
@@ -258,6 +265,65 @@ def _token_guard(
         )
 
     return guard
+
+
+#: Characters a path segment may hold as they are (RFC 3986 pchar without "%"); any other
+#: character of a redirect target is percent-encoded.
+_PATH_SAFE = "/:@!$&'()*+,;=-._~"
+
+
+def _local_path(path: str) -> str:
+    """``path`` as a redirect target on this host: one leading ``/`` (``//evil.example/x`` and
+    ``/\\evil.example`` would send a browser to another host), the rest percent-encoded (a
+    browser drops tabs and newlines, and reads ``\\`` as ``/``)."""
+    target = "/" + quote(path.lstrip("/\\"), safe=_PATH_SAFE)
+    if target.startswith(("//", "/\\")):  # pragma: no cover - lstrip and quote rule it out
+        raise ValueError(f"not a local path: {target!r}")
+    return target
+
+
+#: Host names that always mean this machine (the dashboard without a token answers only them).
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost."})
+
+
+def _host_name(host: str) -> str:
+    """The name part of a ``Host`` header: ``[::1]:8050`` -> ``::1``, ``a:80`` -> ``a``."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        name, bracket, port = host[1:].partition("]")
+        return name if bracket and (not port or port[:1] == ":" and port[1:].isdigit()) else ""
+    name, colon, port = host.rpartition(":")
+    return name if colon and port.isdigit() and ":" not in name else host
+
+
+def _is_loopback_host(host: str | None) -> bool:
+    """Whether a ``Host`` header names this machine: ``localhost``, ``127.x.x.x`` or ``::1``,
+    with or without a port."""
+    name = _host_name(host or "")
+    if name in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+async def _loopback_host_guard(
+    request: Request, call_next: Callable[[Request], Awaitable[Response]]
+) -> Response:
+    """Middleware (no token): 403 unless the ``Host`` header is a loopback name."""
+    host = request.headers.get("host")
+    if _is_loopback_host(host):
+        return await call_next(request)
+    what = f"Host {host!r}" if host else "a request without a Host header"
+    return JSONResponse(
+        {
+            "detail": f"{what} refused: without a token the dashboard answers only "
+            "http://localhost, http://127.0.0.1 or http://[::1] (with a token it may be "
+            "served under other names)"
+        },
+        status_code=403,
+    )
 
 
 def _or_404(fn: Callable[..., Any], *args: Any) -> Any:

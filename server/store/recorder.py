@@ -203,13 +203,26 @@ class RunRecorder:
             _call(what, self.run_id, fn, *args, **kwargs)
 
     def _write_checkpoint(self, server_round: int, state_dict: dict[str, Any]) -> None:
+        import numpy as np
         import torch  # only the server needs it, not the dashboard
 
         assert self.checkpoint_dir is not None
+        # A plain dict[str, Tensor]: it loads with torch.load(weights_only=True) anywhere
+        # (the dashboard serves these files for download).
+        plain: dict[str, torch.Tensor] = {}
+        for key, value in state_dict.items():
+            if isinstance(value, torch.Tensor):
+                plain[str(key)] = value.detach()
+            elif isinstance(value, np.ndarray):
+                plain[str(key)] = torch.from_numpy(np.ascontiguousarray(value))
+            else:
+                raise TypeError(
+                    f"checkpoint entry {key!r} is a {type(value).__name__}; expected a tensor"
+                )
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         path = self.checkpoint_dir / f"round-{server_round:03d}.pt"
         partial = path.with_suffix(".pt.partial")
-        torch.save(state_dict, partial)
+        torch.save(plain, partial)
         partial.replace(path)
         self.store.add_checkpoint(self.run_id, server_round, path)
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -104,12 +105,46 @@ def store_url(target: str | Path) -> str:
     return url.render_as_string(hide_password=False)
 
 
-def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (for logs, configs and pages)."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return "<invalid url>"
+#: Query parameters of a database URL whose values :func:`redact_url` hides.
+_SECRET_QUERY = re.compile(
+    r"(?i)(?P<key>[?&](?:password|passwd|pwd|sslpassword|[^=&]*(?:secret|token)[^=&]*)=)"
+    r"[^&#]*"
+)
+
+
+def redact_url(url: str | Path) -> str:
+    """``url`` for logs, configs and pages, with any password replaced by ``***``.
+
+    A plain path (no ``scheme://``, i.e. a SQLite file) is shown as it is. In a URL the
+    password of the user-info part (``postgresql://user:***@host/db``) and the values of
+    ``password=``-like query parameters are hidden; everything else is kept as written. The
+    text is not parsed as a database URL, so a URL that SQLAlchemy rejects is still shown
+    (masked) rather than dropped, and a password with an unescaped ``@``, ``/`` or ``?`` is
+    hidden whole (up to the last ``@``). ``redact_url(redact_url(u)) == redact_url(u)``.
+
+    Examples:
+        ``runs.sqlite`` -> ``runs.sqlite``;
+        ``postgresql://fed:s3cret@db:5432/runs`` -> ``postgresql://fed:***@db:5432/runs``.
+    """
+    text = str(url)
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        return text  # a file path
+    at = rest.rfind("@")
+    if at >= 0:
+        user, colon, _password = rest[:at].partition(":")
+        if colon:
+            rest = f"{user}:***{rest[at:]}"
+    return _SECRET_QUERY.sub(r"\g<key>***", f"{scheme}://{rest}")
+
+
+def _displayed_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A stored run config as pages and the API show it: ``db-url`` redacted again (rows may
+    come from another writer)."""
+    shown = dict(config or {})
+    if isinstance(shown.get("db-url"), str) and shown["db-url"]:
+        shown["db-url"] = redact_url(shown["db-url"])
+    return shown
 
 
 def _sqlite_path(url: str) -> Path | None:
@@ -546,7 +581,7 @@ class RunStore:
             return {
                 **_run_summary(run),
                 "classes": list(run.classes or []),
-                "config": dict(run.config or {}),
+                "config": _displayed_config(run.config),
                 "out_dir": run.out_dir,
                 "error": run.error,
             }

@@ -1,18 +1,23 @@
 from __future__ import annotations
 
 import copy
+import logging
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.data import DataLoader, TensorDataset
 
 from client.privacy import (
     BudgetExhausted,
     PrivacyBudget,
     PrivacyConfigError,
     PrivacyLedger,
+    dp_generator,
     effective_budget,
     grad_sample_mode_for,
+    make_private,
     plan_noise_multiplier,
 )
 from client.site import RoundSettings, SiteSession, SiteSettings
@@ -188,3 +193,87 @@ def test_models_with_other_layers_keep_opacus_hooks() -> None:
     gru = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.GRU(4, 2))
     assert grad_sample_mode_for(gru) == "hooks"
     assert grad_sample_mode_for(torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3))) == "ew"
+
+
+# --- DP randomness: the coordinator's seed must not make DP-SGD predictable ----------------
+
+
+def _tiny_private(*, noise_multiplier: float = 1.0, rows: int = 32, batch_size: int = 8):
+    """A linear model wrapped by make_private, built identically after torch.manual_seed(0);
+    the dataset's second tensor is each row's index (to read Poisson batches)."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    data = TensorDataset(torch.randn(rows, 4), torch.arange(rows))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    return make_private(
+        model,
+        optimizer,
+        DataLoader(data, batch_size=batch_size),
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=1.0,
+    )
+
+
+def _dp_step(model, optimizer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    optimizer.zero_grad()
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    optimizer.step()
+    return torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+
+
+def test_dp_noise_does_not_follow_the_global_seed() -> None:
+    x, y = torch.randn(6, 4, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 1] * 3)
+    stepped = {}
+    for noise in (1.0, 0.0):
+        runs = []
+        for _ in range(2):
+            model, optimizer, _, _ = _tiny_private(noise_multiplier=noise)
+            torch.manual_seed(0)  # e.g. training_seed(seed, round, site): the coordinator's
+            runs.append(_dp_step(model, optimizer, x, y))
+        stepped[noise] = runs
+    # same start, same data, same global seed: only the noise differs ...
+    assert not torch.allclose(stepped[1.0][0], stepped[1.0][1])
+    # ... and without noise the two steps are the same (so the difference is the noise)
+    torch.testing.assert_close(stepped[0.0][0], stepped[0.0][1])
+
+
+def test_poisson_batches_do_not_follow_the_global_seed() -> None:
+    draws = []
+    for _ in range(2):
+        _, _, loader, _ = _tiny_private()
+        torch.manual_seed(0)
+        draws.append([batch[1].tolist() for batch in loader])
+    assert len(draws[0]) == len(draws[1]) == 4  # 1 / sample rate batches per epoch
+    assert draws[0] != draws[1]  # 32 rows x 4 batches: equal by chance with p = 2^-128
+
+
+def test_a_dp_step_leaves_the_global_generator_alone() -> None:
+    model, optimizer, loader, engine = _tiny_private()
+    before = torch.get_rng_state()
+    for x, index in loader:  # Poisson sampling, forward, clipping, noise
+        _dp_step(model, optimizer, x, index % 2)
+    assert torch.equal(torch.get_rng_state(), before)
+    # the accountant sees the original loader's rate (site.py plans with 1 / len(loader))
+    assert engine.accountant.history == [(1.0, 1 / 4, 4)]
+
+
+def test_make_private_replaces_opacus_secure_rng_warning_with_a_log_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import client.privacy as privacy
+
+    privacy._rng_explained = False
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.INFO):
+        warnings.simplefilter("always")
+        _tiny_private()
+        _tiny_private()
+    assert not [w for w in caught if "Secure RNG" in str(w.message)]
+    lines = [r.getMessage() for r in caplog.records if "CSPRNG" in r.getMessage()]
+    assert len(lines) == 1 and "secure_mode" in lines[0]  # once per process, and honest
+
+
+def test_dp_generators_are_seeded_from_the_os() -> None:
+    torch.manual_seed(0)
+    first = dp_generator().initial_seed()
+    torch.manual_seed(0)
+    assert dp_generator().initial_seed() != first

@@ -4,7 +4,7 @@ No Ray and no processes: ``send_and_receive`` calls :func:`client.app.train` /
 :func:`client.app.evaluate` for each message with the node config a real site would pass, and
 keeps each node's ``context.state`` across rounds, as a SuperNode does within one run. Faults
 are injected per test: a node that stops answering, a server that crashes after a round, an
-update rewritten on its way back (a poisoned site).
+reply rewritten on its way back (a poisoned or broken site).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ class LocalGrid:
         crash_before_round: raise :class:`ServerCrash` when this round's first message is
             sent (the server "dies" after the previous round's checkpoint).
         tamper: rewrites a train reply (e.g. a poisoned site); None = none.
+        tamper_evaluate: rewrites an evaluate reply; None = none.
     """
 
     def __init__(
@@ -48,6 +49,7 @@ class LocalGrid:
         silent: Mapping[int, int] | None = None,
         crash_before_round: int | None = None,
         tamper: Tamper | None = None,
+        tamper_evaluate: Tamper | None = None,
     ) -> None:
         TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 1
         self.nodes = {101 + i: site for i, site in enumerate(sites)}
@@ -55,6 +57,7 @@ class LocalGrid:
         self.silent = dict(silent or {})
         self.crash_before_round = crash_before_round
         self.tamper = tamper
+        self.tamper_evaluate = tamper_evaluate
         self.states = {node: RecordDict() for node in self.nodes}
         self.sent: list[tuple[int, str, int]] = []  # (round, message type, node)
         self._ids = itertools.count(1)
@@ -88,6 +91,8 @@ class LocalGrid:
                     reply = self.tamper(server_round, msg, reply)
             else:
                 reply = client_app.evaluate(msg, context)
+                if self.tamper_evaluate is not None:
+                    reply = self.tamper_evaluate(server_round, msg, reply)
             reply.metadata.__dict__["_src_node_id"] = node
             replies.append(reply)
         return replies

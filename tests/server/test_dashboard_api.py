@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -43,9 +44,13 @@ def store(tmp_path: Path) -> Iterator[RunStore]:
         yield opened
 
 
+#: Where a browser on the coordinator's machine opens the dashboard (Host: 127.0.0.1:8050).
+LOCAL = "http://127.0.0.1:8050"
+
+
 @pytest.fixture
 def client(store: RunStore) -> TestClient:
-    return TestClient(create_app(store))
+    return TestClient(create_app(store), base_url=LOCAL)
 
 
 def test_runs_list(client: TestClient) -> None:
@@ -139,6 +144,44 @@ def test_read_only(client: TestClient) -> None:
 # --------------------------------------------------------------------------- access
 
 
+LOCAL_HOSTS = ["localhost", "localhost:8050", "127.0.0.1", "127.0.0.1:8050", "[::1]",
+               "[::1]:8050", "LocalHost:1"]  # fmt: skip
+FOREIGN_HOSTS = ["evil.example", "evil.example:8050", "localhost.evil.example",
+                 "127.0.0.1.evil.example", "testserver", "192.0.2.10:8050", "[::2]:8050",
+                 "[::1]x", ""]  # fmt: skip
+
+
+@pytest.mark.parametrize("host", LOCAL_HOSTS)
+def test_without_a_token_loopback_host_names_are_answered(store: RunStore, host: str) -> None:
+    client = TestClient(create_app(store), base_url=LOCAL)
+    assert client.get("/api/runs", headers={"Host": host}).status_code == 200
+
+
+@pytest.mark.parametrize("host", FOREIGN_HOSTS)
+def test_without_a_token_other_host_names_are_refused(store: RunStore, host: str) -> None:
+    """DNS rebinding: a page on evil.example points its name at 127.0.0.1 and reads the
+    dashboard with the browser's Host: evil.example."""
+    client = TestClient(create_app(store), base_url=LOCAL)
+    for path in ("/", "/api/runs", "/runs/1/checkpoints/2", "/static/dashboard.js"):
+        response = client.get(path, headers={"Host": host})
+        assert response.status_code == 403, (host, path)
+        assert "refused" in response.json()["detail"]
+
+
+def test_a_real_server_refuses_a_rebound_host_name(store: RunStore) -> None:
+    with serve_dashboard(create_app(store)) as base:
+        assert httpx.get(f"{base}/api/runs", timeout=10).status_code == 200
+        rebound = httpx.get(f"{base}/api/runs", headers={"Host": "evil.example"}, timeout=10)
+        assert rebound.status_code == 403 and "evil.example" in rebound.json()["detail"]
+        assert "runs" not in rebound.json()
+
+
+def test_a_token_dashboard_may_be_served_under_another_name(store: RunStore) -> None:
+    client = TestClient(create_app(store, token=TOKEN), base_url="http://dashboard.example")
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    assert client.get("/api/runs", headers=headers).status_code == 200
+
+
 def test_token_is_required_when_set(store: RunStore) -> None:
     client = TestClient(create_app(store, token=TOKEN))
     for path in ("/", "/runs/1", "/api/runs", "/vendor/plotly.min.js", "/runs/1/checkpoints/2"):
@@ -157,6 +200,49 @@ def test_a_token_link_sets_a_cookie_for_the_browser(store: RunStore) -> None:
     assert response.status_code == 303 and response.headers["location"] == "/runs/1"
     assert TOKEN_COOKIE in response.cookies
     assert client.get("/api/runs").status_code == 200  # the cookie now carries it
+
+
+OFF_SITE = [
+    "//evil.example/x",
+    "/\\evil.example/x",
+    "/\\/evil.example",
+    "///evil.example",
+    "/%2F%2Fevil.example/x",
+    "/%5Cevil.example",
+    "/%09/evil.example",
+]
+
+
+@pytest.mark.parametrize("path", OFF_SITE)
+def test_the_token_redirect_stays_on_this_host(store: RunStore, path: str) -> None:
+    client = TestClient(create_app(store, token=TOKEN), base_url=LOCAL)
+    response = client.get(f"{LOCAL}{path}?token={TOKEN}&a=1", follow_redirects=False)
+    assert response.status_code == 303
+    location = response.headers["location"]
+    assert location.startswith("/") and location[1:2] not in ("/", "\\"), location
+    assert httpx.URL(LOCAL).join(location).host == "127.0.0.1", location
+    assert "evil.example" in location and location.endswith("?a=1")  # the path, kept local
+    assert TOKEN not in location
+
+
+def test_a_real_server_redirects_a_token_link_on_site(store: RunStore) -> None:
+    """The raw request line ``GET //evil.example/x?token=T`` (no client rewrites it)."""
+    with serve_dashboard(create_app(store, token=TOKEN)) as base:
+        url = httpx.URL(base)
+        with socket.create_connection((url.host, url.port), timeout=10) as conn:
+            conn.sendall(
+                f"GET //evil.example/x?token={TOKEN} HTTP/1.1\r\nHost: {url.netloc.decode()}"
+                "\r\nConnection: close\r\n\r\n".encode()
+            )
+            reply = b""
+            while chunk := conn.recv(65536):
+                reply += chunk
+    head = reply.decode("latin-1").split("\r\n\r\n", 1)[0].splitlines()
+    assert head[0].split()[1] == "303", head
+    (location,) = [
+        line.split(":", 1)[1].strip() for line in head if line.lower().startswith("location:")
+    ]
+    assert location == "/evil.example/x"
 
 
 def test_a_real_server_refuses_requests_without_the_token(store: RunStore) -> None:

@@ -261,7 +261,8 @@ def test_recorder_writes_rounds_checkpoints_and_status(db_url: str, tmp_path: Pa
         assert run["status"] == "finished" and run["rounds_done"] == 2
         checkpoints = store.checkpoints(run["id"])
     assert [c["round"] for c in checkpoints] == [1, 2]
-    loaded = torch.load(checkpoints[1]["path"])
+    loaded = torch.load(checkpoints[1]["path"], weights_only=True)  # a plain tensor dict
+    assert list(loaded) == ["w"] and type(loaded["w"]) is torch.Tensor
     assert torch.equal(loaded["w"], torch.full((3,), 2.0))
 
 
@@ -302,6 +303,38 @@ def test_paths_become_absolute_sqlite_urls(tmp_path: Path) -> None:
     assert redact_url("postgresql://u:pw@h/db") == "postgresql://u:***@h/db"
     with pytest.raises(RunStoreError, match="expected a SQLAlchemy URL or a SQLite file path"):
         store_url(" ")
+
+
+REDACTED = [
+    ("runs.sqlite", "runs.sqlite"),  # a plain path is shown as a path
+    ("/srv/fedfusion/runs.sqlite", "/srv/fedfusion/runs.sqlite"),
+    ("~/runs db/r.sqlite", "~/runs db/r.sqlite"),
+    ("sqlite:////srv/runs.sqlite", "sqlite:////srv/runs.sqlite"),
+    ("postgresql://user:s3cret@host/db", "postgresql://user:***@host/db"),
+    ("postgresql+psycopg://fed:p%40ss@db:5432/runs?sslmode=require",
+     "postgresql+psycopg://fed:***@db:5432/runs?sslmode=require"),
+    ("postgresql://user@host/db", "postgresql://user@host/db"),  # no password to hide
+    ("postgresql://user:p@ss/w?rd@host/db", "postgresql://user:***@host/db"),  # unescaped
+    ("postgresql://user:s3cret@host:port/db", "postgresql://user:***@host:port/db"),  # bad port
+    ("postgresql://host/db?sslmode=require&password=s3cret",
+     "postgresql://host/db?sslmode=require&password=***"),
+    ("postgresql://user:***@host/db", "postgresql://user:***@host/db"),  # already redacted
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("given", "shown"), REDACTED)
+def test_redact_url_shows_paths_and_hides_passwords(given: str, shown: str) -> None:
+    assert redact_url(given) == shown
+    assert "s3cret" not in shown and "p@ss" not in redact_url(given)
+    assert redact_url(shown) == shown
+
+
+def test_a_stored_db_url_is_shown_as_given_with_the_password_masked(store: RunStore) -> None:
+    path_run = _start(store, config={"db-url": "/srv/fedfusion/runs.sqlite"})
+    url_run = _start(store)  # postgresql://coord:s3cret@db/runs
+    assert store.get_run(path_run)["config"]["db-url"] == "/srv/fedfusion/runs.sqlite"
+    assert store.get_run(url_run)["config"]["db-url"] == "postgresql://coord:***@db/runs"
+    assert "<invalid url>" not in str(store.list_runs())
 
 
 def test_a_missing_store_is_an_error_when_not_creating(tmp_path: Path) -> None:

@@ -176,7 +176,7 @@ def test_central_dp_accounts_per_round_and_cumulative_epsilon(tmp_path) -> None:
     assert [a["central-dp"]["epsilon"] for a in audit] == pytest.approx(
         [r["epsilon"] for r in rounds]
     )
-    assert audit[2]["failed"][0]["reason"] == "site-2 declines"
+    assert audit[2]["failed"][0]["reason"] == "error code 101"  # never the site's own text
 
 
 def test_flower_and_opacus_accountants_agree() -> None:

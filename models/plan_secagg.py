@@ -1,6 +1,6 @@
 """Checks of the secure-aggregation settings of a run config (no Flower import).
 
-The ``secagg*`` keys of :class:`~server.config.RunConfig` configure Flower's SecAgg+ protocol
+The ``secagg*`` keys of :class:`~models.plan.TrainingPlan` configure Flower's SecAgg+ protocol
 (``flwr.server.workflow.SecAggPlusWorkflow``, legacy API). What the protocol itself needs,
 from the installed flwr source (1.41):
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from server.config import RunConfig
+    from models.plan import TrainingPlan
 
 __all__ = ["SECAGG_MODULUS", "secagg_problems"]
 
@@ -38,7 +38,7 @@ _NEEDS_INDIVIDUAL_UPDATES = (
 )
 
 
-def secagg_problems(config: RunConfig) -> list[str]:
+def secagg_problems(config: TrainingPlan) -> list[str]:
     """Every problem with the ``secagg*`` settings of ``config`` (empty when secagg is off)."""
     if not config.secagg:
         return []
