@@ -88,6 +88,7 @@ class ClinicalMetricsMixin:
         self._sent = arrays
         messages = list(super().configure_train(server_round, arrays, config, grid))
         self._asked["train"] = messages
+        self.screen.live_nodes = {int(m.metadata.dst_node_id) for m in messages}
         if self.audit is not None:
             self.audit.start_round(
                 server_round, arrays=arrays, asked=[int(m.metadata.dst_node_id) for m in messages]
@@ -97,6 +98,7 @@ class ClinicalMetricsMixin:
     def configure_evaluate(self, server_round, arrays, config, grid):  # type: ignore[no-untyped-def]
         messages = list(super().configure_evaluate(server_round, arrays, config, grid))
         self._asked["evaluate"] = messages
+        self.screen.live_nodes = {int(m.metadata.dst_node_id) for m in messages}
         return messages
 
     def _senders(self, stage: str) -> dict[str, int]:

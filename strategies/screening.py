@@ -6,7 +6,8 @@ that nothing a site sends can stop the run or steer it:
 
 - the site's name (the ``site`` ConfigRecord's ``site-id``) is a short plain name and stays
   bound to one node: the first reply of a node binds node id <-> name; a later reply of that
-  node with another name, or a name bound to another node, is refused;
+  node with another name, or a name bound to another node that is still in the round, is
+  refused (a site restarted on a new node takes its name along once its old node is gone);
 - the reply carries its MetricRecord ``metrics`` with ``num-examples``: a positive integer no
   larger than ``max_site_examples`` and, in train replies, no larger than the rows the node
   declared in its first train reply of the run (a site's rows do not grow within a run); an
@@ -51,7 +52,7 @@ __all__ = [
     "summary_problem",
 ]
 
-_SITE_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_SITE_NAME = re.compile(r"[\w.'-](?:[\w .'-]{0,62}[\w.'-])?")  # letters (any script), digits
 _NUMERIC_KINDS = "biuf"  # bool, int, uint, float
 _MAX_REASON = 300
 _METRICS = "metrics"
@@ -87,7 +88,7 @@ def site_name_problem(name: object) -> str | None:
     if not isinstance(name, str):
         return f"the site name is not a string but a {type(name).__name__}"
     if _SITE_NAME.fullmatch(name) is None:
-        return "the site name is not a plain name (1-64 characters of A-Z a-z 0-9 . _ -)"
+        return "the site name is not a plain name (1-64 letters, digits, spaces, . ' _ -)"
     return None
 
 
@@ -181,6 +182,9 @@ class ReplyScreen:
     def __init__(self) -> None:
         self.names: dict[int, str] = {}  # node id -> bound site name
         self.rows: dict[int, int] = {}  # node id -> rows declared in its first train reply
+        # Nodes asked in the current round: a name moves to a new node only when the node it
+        # is bound to is gone (a restarted SuperNode gets a new id), never from a live one.
+        self.live_nodes: set[int] = set()
 
     def name(self, node: int, default: str = "") -> str:
         """The name bound to ``node``, else ``default``."""
@@ -258,8 +262,11 @@ class ReplyScreen:
         if bound is not None and bound != name:
             return [f"node {node} reported site {name!r} but is bound to {bound!r}"]
         owner = next((n for n, s in self.names.items() if s == name and n != node), None)
-        if owner is not None:
+        if owner is not None and owner in self.live_nodes:
             return [f"node {node} reported site {name!r}, which is bound to node {owner}"]
+        if owner is not None:  # the site came back on a new node; its old node is gone
+            del self.names[owner]
+            self.rows.pop(owner, None)
         self.names[node] = str(name)
         return []
 
