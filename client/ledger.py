@@ -45,13 +45,13 @@ import logging
 import math
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from client._durable import append_line, atomic_write
 from client.privacy import PrivacyConfigError, PrivacyLedger
 
 __all__ = [
@@ -457,34 +457,15 @@ class SiteLedger:
         self._atomic_write(self.path, (json.dumps(payload, indent=1) + "\n").encode("utf-8"))
 
     def _atomic_write(self, path: Path, raw: bytes) -> None:
-        """Temporary file in the same folder, fsync, ``os.replace``, fsync of the folder: a
-        crash leaves the old file or the new one, never a mix."""
-        tmp = None
         try:
-            fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{path.name}.", suffix=".tmp")
-            with os.fdopen(fd, "wb") as f:
-                os.fchmod(f.fileno(), 0o644)  # no secrets in it; an operator may read it
-                f.write(raw)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-            tmp = None
-            _fsync_dir(self.folder)
+            atomic_write(path, raw)
         except OSError as err:
             raise LedgerError(f"cannot write privacy ledger file {path}: {err}") from err
-        finally:
-            if tmp is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
 
     def _append_reset_log(self, event: dict[str, Any]) -> None:
         log_path = self.folder / RESETS_LOG
         try:
-            with open(log_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(event) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            _fsync_dir(self.folder)
+            append_line(log_path, json.dumps(event))
         except OSError as err:
             raise LedgerError(f"cannot append to {log_path}: {err}") from err
 
@@ -520,12 +501,3 @@ def _validate_record(
         problems.append(f"delta must be in (0, 1), got {delta!r}")
     if problems:
         raise LedgerError("cannot record DP steps: " + "; ".join(problems))
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename or a new file in ``folder`` durable (POSIX: fsync the directory)."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
